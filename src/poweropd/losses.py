@@ -1,0 +1,110 @@
+"""Training objectives: the REINFORCE surrogate for sampled-token rewards and the full-vocabulary reverse KL.
+
+Pure functions of tensors; each returns ``(loss, metrics)`` where metrics are detached scalars with
+namespaced keys. Aggregation is a token mean over the *whole* batch: the caller passes ``num_tokens``, the
+count of valid tokens over every micro-batch and process, so that gradient accumulation and data parallelism
+give the same gradient as one big batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer
+
+
+def policy_gradient_loss(
+    student_logp_BT: Tensor, reward_BT: Tensor, mask_BT: Tensor, *, num_tokens: int | float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """L = −Σ_t sg[r_t] · log π_S(o_t | c_t) / N  (PowerOPD paper, eq. 1; no ratio, no KL, no baseline).
+
+    Its gradient is −Σ_t r_t ∇log π_S(o_t) / N, the on-policy REINFORCE estimate of the reward's gradient.
+    """
+    mask_BT = mask_BT.bool()
+    weighted_BT = torch.where(mask_BT, reward_BT.detach().float() * student_logp_BT.float(), 0.0)
+    loss = -weighted_BT.sum() / num_tokens
+    return loss, {"loss/pg": loss.detach()}
+
+
+def reverse_kl_per_token(student_logits_BTV: Tensor, teacher_logits_BTV: Tensor) -> Tensor:
+    """Exact KL(π_S ‖ π_T) = Σ_v π_S(v)(log π_S(v) − log π_T(v)) at every position, float32, shape (B, T).
+
+    Materialises two float32 log-softmaxes over B×T×V: the reference that the chunked version is tested
+    against, and the naive recipe that benchmarks/step_bench.py measures.
+    """
+    student_logp_BTV = F.log_softmax(student_logits_BTV.float(), dim=-1)
+    teacher_logp_BTV = F.log_softmax(teacher_logits_BTV.float(), dim=-1)
+    return (student_logp_BTV.exp() * (student_logp_BTV - teacher_logp_BTV)).sum(-1)
+
+
+def _chunk_reverse_kl(
+    student_output_layer: OutputLayer,
+    teacher_output_layer: OutputLayer,
+    student_hidden_NH: Tensor,
+    teacher_hidden_NH: Tensor,
+    tokens_N: Tensor,
+    vocab_size: int,
+    temperature: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    student_logits_NV = student_output_layer(student_hidden_NH)[:, :vocab_size].float() / temperature
+    with torch.no_grad():
+        teacher_logits_NV = teacher_output_layer(teacher_hidden_NH)[:, :vocab_size].float() / temperature
+        teacher_logp_NV = F.log_softmax(teacher_logits_NV.to(student_logits_NV.device), dim=-1)
+    student_logp_NV = F.log_softmax(student_logits_NV, dim=-1)
+    kl_N = (student_logp_NV.exp() * (student_logp_NV - teacher_logp_NV)).sum(-1)
+    with torch.no_grad():
+        sampled_logp_N = student_logp_NV.gather(-1, tokens_N.unsqueeze(-1)).squeeze(-1)
+        teacher_sampled_logp_N = teacher_logp_NV.gather(-1, tokens_N.unsqueeze(-1)).squeeze(-1)
+    return kl_N, sampled_logp_N, teacher_sampled_logp_N
+
+
+def chunked_reverse_kl(
+    student_output_layer: OutputLayer,
+    teacher_output_layer: OutputLayer,
+    student_hidden_BTH: Tensor,
+    teacher_hidden_BTH: Tensor,
+    tokens_BT: Tensor,
+    *,
+    vocab_size: int,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """Exact per-token reverse KL from hidden states, ``chunk_size`` positions at a time, float32 (B, T).
+
+    Equal to ``reverse_kl_per_token`` on the two models' logits restricted to the first ``vocab_size``
+    entries (the shared tokenizer range; Qwen3 pads its embedding beyond it). Under checkpointing, so the
+    backward pass recomputes one chunk of logits at a time. Also returns the student's (renormalised)
+    log-prob of the sampled token, detached, for the log-ratio diagnostics that every run logs.
+    """
+    B, T, _ = student_hidden_BTH.shape
+    s_hidden_NH = student_hidden_BTH.reshape(B * T, -1)
+    t_hidden_NH = teacher_hidden_BTH.reshape(B * T, -1)
+    tokens_N = tokens_BT.reshape(B * T)
+    kls, logps = [], []
+    for start in range(0, B * T, chunk_size):
+        stop = start + chunk_size
+        args = (
+            student_output_layer,
+            teacher_output_layer,
+            s_hidden_NH[start:stop],
+            t_hidden_NH[start:stop],
+            tokens_N[start:stop],
+            vocab_size,
+            temperature,
+        )
+        if torch.is_grad_enabled():
+            kl_N, logp_N, _ = checkpoint(_chunk_reverse_kl, *args, use_reentrant=False)
+        else:
+            kl_N, logp_N, _ = _chunk_reverse_kl(*args)
+        kls.append(kl_N)
+        logps.append(logp_N)
+    return torch.cat(kls).view(B, T), torch.cat(logps).view(B, T)
+
+
+def full_kl_loss(kl_BT: Tensor, mask_BT: Tensor, *, num_tokens: int | float) -> tuple[Tensor, dict[str, Tensor]]:
+    """L = Σ_t KL_t / N over valid tokens: full-vocabulary OPD, differentiated exactly (no sampling noise)."""
+    loss = torch.where(mask_BT.bool(), kl_BT, 0.0).sum() / num_tokens
+    return loss, {"loss/full_kl": loss.detach()}

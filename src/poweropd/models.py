@@ -1,0 +1,123 @@
+"""Loading causal LMs and tokenizers, checking a student/teacher pair, and the decoder-body forward.
+
+A model is named by a Hugging Face hub id, a local folder, or an alias from ``ALIASES`` (offline models that
+a package ships, converted once into a cache folder).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# alias -> function that returns a local HF folder (creating it on first use). Filled by modules that know how.
+ALIASES: dict[str, Callable[[], Path]] = {}
+
+
+def cache_dir() -> Path:
+    """Where converted and trained models are kept: $POWEROPD_CACHE, default ~/.cache/poweropd."""
+    return Path(os.environ.get("POWEROPD_CACHE", Path.home() / ".cache" / "poweropd"))
+
+
+def resolve_model(name: str) -> str:
+    """An alias becomes its cached local folder; anything else (hub id or folder) is returned unchanged."""
+    _register_builtin_aliases()
+    if name in ALIASES:
+        return str(ALIASES[name]())
+    return name
+
+
+def _register_builtin_aliases() -> None:
+    # Imported lazily: the alias modules pull in optional readers (gguf) only when an alias is used.
+    from . import zoo  # noqa: F401
+
+
+def load_tokenizer(name: str, what: str = "--model"):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{what} {name}: expected a Hugging Face model id or a folder with a tokenizer ({_first_line(err)})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name: str, *, dtype: str = "float32", device: str | torch.device = "cpu", what: str = "--model"):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as err:
+        raise UserError(f"{what} {name}: expected a Hugging Face causal LM id or folder ({_first_line(err)})") from None
+    return model.to(device)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """The tokenizer's EOS plus ``<|im_end|>`` and ``<|endoftext|>`` where the vocabulary has them.
+
+    Base Qwen3 students end an answer with either token, so sampling must stop on both.
+    """
+    vocab = tokenizer.get_vocab()
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids += [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
+    return sorted(set(ids))
+
+
+def check_pair(student_tokenizer, teacher_tokenizer, *, student: str, teacher: str) -> None:
+    """Stop unless the two tokenizers map the same strings to the same ids.
+
+    Embedding sizes may differ (Qwen3 pads its output layer to 151,936 rows beyond the 151,669-token
+    tokenizer): losses compare the models over the tokenizer's range only.
+    """
+    student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if student_vocab != teacher_vocab:
+        only_s = len(student_vocab.keys() - teacher_vocab.keys())
+        only_t = len(teacher_vocab.keys() - student_vocab.keys())
+        moved = sum(1 for k in student_vocab.keys() & teacher_vocab.keys() if student_vocab[k] != teacher_vocab[k])
+        raise UserError(
+            f"--student {student} / --teacher {teacher}: expected tokenizers with the same vocabulary and ids "
+            f"(student {len(student_vocab)} tokens, teacher {len(teacher_vocab)}; {only_s} only in student, "
+            f"{only_t} only in teacher, {moved} with different ids)"
+        )
+
+
+def output_layer(model) -> torch.nn.Module:
+    """The model's vocabulary projection (lm_head)."""
+    return model.get_output_embeddings()
+
+
+def decoder_body(model) -> torch.nn.Module:
+    """The model without its output layer: returns final (normed) hidden states."""
+    return getattr(model, model.base_model_prefix)
+
+
+def response_hidden_states(model, input_ids_BL: Tensor, attention_mask_BL: Tensor, prompt_len: int) -> Tensor:
+    """Final hidden states at the positions that predict the response tokens ``input_ids_BL[:, prompt_len:]``.
+
+    Prompts are left-padded, so position ids come from the attention mask (as ``generate`` computes them);
+    the output layer is not applied here (see logprobs.py). Shape (B, L − prompt_len, H).
+    """
+    position_ids_BL = (attention_mask_BL.long().cumsum(-1) - 1).clamp(min=0)
+    out = decoder_body(model)(
+        input_ids=input_ids_BL[:, :-1],
+        attention_mask=attention_mask_BL[:, :-1],
+        position_ids=position_ids_BL[:, :-1],
+        use_cache=False,
+    )
+    return out.last_hidden_state[:, prompt_len - 1 :]

@@ -1,0 +1,144 @@
+"""Student sampling behind a small ``Sampler`` protocol. One engine here: Hugging Face ``generate``.
+
+A second engine (vLLM, SGLang) is a second ``Sampler``, never a second training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    max_new_tokens: int = 1024
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter; set explicitly because generation_config may default to 50
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class Rollouts:
+    """A batch of prompts and sampled responses, laid out as one tensor for the scoring forward passes.
+
+    ``input_ids_BL[:, :prompt_len]`` are the left-padded prompts, ``input_ids_BL[:, prompt_len:]`` the
+    responses, right-padded after their stop token. T = L − prompt_len.
+    """
+
+    input_ids_BL: Tensor
+    attention_mask_BL: Tensor  # 1 for prompt and response tokens up to and including the stop token
+    prompt_len: int
+    response_mask_BT: Tensor  # True for generated tokens up to and including the stop token
+    truncated_B: Tensor  # True where no stop token was generated within max_new_tokens
+
+    @property
+    def response_ids_BT(self) -> Tensor:
+        return self.input_ids_BL[:, self.prompt_len :]
+
+    @property
+    def response_lengths_B(self) -> Tensor:
+        return self.response_mask_BT.sum(-1)
+
+    def loss_mask(self, include_stop_token: bool = False) -> Tensor:
+        """Tokens that enter the loss: the response, without its final stop token unless asked.
+
+        A truncated rollout has no stop token and keeps all of its tokens.
+        """
+        if include_stop_token:
+            return self.response_mask_BT
+        last_B = self.response_lengths_B - 1
+        is_stop_BT = torch.zeros_like(self.response_mask_BT)
+        has_stop_B = ~self.truncated_B & (last_B >= 0)
+        rows_B = torch.nonzero(has_stop_B).squeeze(-1)
+        is_stop_BT[rows_B, last_B[rows_B]] = True
+        return self.response_mask_BT & ~is_stop_BT
+
+    def select(self, rows: slice | Tensor) -> Rollouts:
+        return Rollouts(
+            self.input_ids_BL[rows],
+            self.attention_mask_BL[rows],
+            self.prompt_len,
+            self.response_mask_BT[rows],
+            self.truncated_B[rows],
+        )
+
+    def to(self, device) -> Rollouts:
+        return Rollouts(
+            self.input_ids_BL.to(device),
+            self.attention_mask_BL.to(device),
+            self.prompt_len,
+            self.response_mask_BT.to(device),
+            self.truncated_B.to(device),
+        )
+
+
+class Sampler(Protocol):
+    def sample(self, prompt_ids: list[list[int]]) -> Rollouts: ...
+
+
+def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token lists -> (ids_BP, mask_BP), left-padded to the longest prompt."""
+    width = max(len(p) for p in prompt_ids)
+    ids_BP = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask_BP = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, ids in enumerate(prompt_ids):
+        if ids:
+            ids_BP[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask_BP[i, width - len(ids) :] = 1
+    return ids_BP, mask_BP
+
+
+def mask_after_stop(response_ids_BT: Tensor, stop_token_ids: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """(response_mask_BT, truncated_B): keep tokens up to and including the first stop token."""
+    is_stop_BT = torch.isin(response_ids_BT, torch.tensor(stop_token_ids, device=response_ids_BT.device))
+    stops_before_BT = is_stop_BT.long().cumsum(-1) - is_stop_BT.long()  # stop tokens strictly before t
+    response_mask_BT = stops_before_BT == 0
+    truncated_B = ~is_stop_BT.any(-1)
+    return response_mask_BT, truncated_B
+
+
+class HFSampler:
+    """Samples with ``model.generate`` from left-padded prompts."""
+
+    def __init__(self, model, pad_token_id: int, config: SamplingConfig):
+        if not config.stop_token_ids:
+            raise ValueError("SamplingConfig.stop_token_ids: expected at least one stop token id")
+        self.model, self.pad_token_id, self.config = model, pad_token_id, config
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: list[list[int]]) -> Rollouts:
+        device = next(self.model.parameters()).device
+        ids_BP, mask_BP = (t.to(device) for t in left_pad(prompt_ids, self.pad_token_id))
+        cfg = self.config
+        was_training = self.model.training
+        self.model.eval()
+        out_BL = self.model.generate(
+            input_ids=ids_BP,
+            attention_mask=mask_BP,
+            do_sample=cfg.temperature > 0,
+            temperature=cfg.temperature if cfg.temperature > 0 else None,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            max_new_tokens=cfg.max_new_tokens,
+            eos_token_id=list(cfg.stop_token_ids),
+            pad_token_id=self.pad_token_id,
+        )
+        self.model.train(was_training)
+        return build_rollouts(out_BL, mask_BP, cfg.stop_token_ids, self.pad_token_id)
+
+
+def build_rollouts(sequences_BL: Tensor, prompt_mask_BP: Tensor, stop_token_ids, pad_token_id: int) -> Rollouts:
+    prompt_len = prompt_mask_BP.shape[1]
+    response_BT = sequences_BL[:, prompt_len:]
+    if response_BT.shape[1] == 0:  # max_new_tokens=0 or every prompt stopped at once: keep one column
+        response_BT = torch.full_like(sequences_BL[:, :1], pad_token_id)
+        sequences_BL = torch.cat([sequences_BL, response_BT], dim=1)
+    response_mask_BT, truncated_B = mask_after_stop(response_BT, tuple(stop_token_ids))
+    input_ids_BL = sequences_BL.clone()
+    input_ids_BL[:, prompt_len:] = torch.where(response_mask_BT, response_BT, pad_token_id)
+    attention_mask_BL = torch.cat([prompt_mask_BP, response_mask_BT.long()], dim=1)
+    return Rollouts(input_ids_BL, attention_mask_BL, prompt_len, response_mask_BT, truncated_B)
