@@ -1,0 +1,104 @@
+"""On-policy distillation of --student toward --teacher on the student's own samples.
+
+Writes DIR/metrics.jsonl (one row per step), DIR/positions.jsonl, DIR/config.yaml, TensorBoard logs in
+DIR/tb, checkpoints in DIR/checkpoints/step-N and the trained student in DIR/final.
+A YAML preset (--config, see configs/) sets any field; flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# flag dest -> (config section, field). Each flag exists here once; help comes from the config docstrings.
+FLAGS: dict[str, tuple[str, str]] = {
+    "student": ("model", "student"),
+    "teacher": ("model", "teacher"),
+    "device": ("model", "device"),
+    "teacher_device": ("model", "teacher_device"),
+    "dtype": ("model", "dtype"),
+    "data": ("run", "data"),
+    "output_dir": ("run", "output_dir"),
+    "reward": ("reward", "name"),
+    "alpha": ("reward", "alpha"),
+    "clip_low": ("reward", "clip_low"),
+    "clip_high": ("reward", "clip_high"),
+    "tanh_tau": ("reward", "tanh_tau"),
+    "max_steps": ("run", "max_steps"),
+    "batch_size": ("run", "batch_size"),
+    "micro_batch_size": ("run", "micro_batch_size"),
+    "seed": ("run", "seed"),
+    "save_every": ("run", "save_every"),
+    "positions_every": ("run", "positions_every"),
+    "max_new_tokens": ("rollout", "max_new_tokens"),
+    "temperature": ("rollout", "temperature"),
+    "lr": ("optim", "lr"),
+    "eval_every": ("eval", "every"),
+    "eval_benchmarks": ("eval", "benchmarks"),
+    "eval_data_dir": ("eval", "data_dir"),
+    "eval_limit": ("eval", "limit"),
+    "eval_n": ("eval", "n"),
+    "eval_max_new_tokens": ("eval", "max_new_tokens"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config import DEVICES, DTYPES, METHODS
+
+    a = parser.add_argument
+    a("--student", metavar="S", help="student: HF id, folder or alias (e.g. smollm2-135m-instruct)")
+    a("--teacher", metavar="T", help="teacher: HF id, folder or alias; same tokenizer as the student")
+    a("--data", metavar="PROMPTS.jsonl", help="JSONL rows with a `problem` field")
+    a("--output-dir", metavar="DIR", help="run directory")
+    a(
+        "--config",
+        metavar="PRESET.yaml",
+        help="YAML preset (sections model/rollout/reward/optim/eval/run); flags override it",
+    )
+    a("--reward", choices=METHODS, help="training signal (default power)")
+    a("--alpha", type=float, metavar="A", help="α of the power reward π_T^α − π_S^α (default 1.0)")
+    a("--clip-low", type=float, metavar="L", help="lower bound of the clip reward (default −1)")
+    a("--clip-high", type=float, metavar="H", help="upper bound of the clip reward (default 1)")
+    a("--tanh-tau", type=float, metavar="TAU", help="tanh reward temperature (default 1)")
+    a("--max-steps", type=int, metavar="N", help="optimizer steps (default 1500)")
+    a("--batch-size", type=int, metavar="B", help="rollouts per optimizer step, all processes (default 32)")
+    a("--micro-batch-size", type=int, metavar="M", help="rollouts per forward/backward (default: all)")
+    a("--max-new-tokens", type=int, metavar="T", help="longest rollout (default 1024)")
+    a("--temperature", type=float, metavar="X", help="sampling temperature (default 1.0)")
+    a("--lr", type=float, metavar="LR", help="AdamW learning rate (default 5e-7)")
+    a("--seed", type=int, metavar="S", help="seed of data order and sampling (default 0)")
+    a("--save-every", type=int, metavar="K", help="checkpoint every K steps (default 100; 0 = final only)")
+    a("--positions-every", type=int, metavar="K", help="per-position statistics every K steps (default 10)")
+    a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    a("--device", choices=DEVICES, help="student device (default cpu)")
+    a("--teacher-device", metavar="DEV", help="teacher device, e.g. cuda:1 (default: the student's)")
+    a("--dtype", choices=DTYPES, help="compute dtype (default float32)")
+    a("--eval-every", type=int, metavar="K", help="evaluate every K steps (default 0 = never)")
+    a("--eval-benchmarks", metavar="LIST", help="benchmarks for --eval-every (default gsm8k)")
+    a("--eval-data-dir", metavar="DIR", help="folder of benchmark JSONL files (default: the HF hub)")
+    a("--eval-limit", type=int, metavar="K", help="problems per benchmark (default 50)")
+    a("--eval-n", type=int, metavar="N", help="samples per problem (default 4)")
+    a("--eval-max-new-tokens", type=int, metavar="T", help="longest evaluation response (default 1024)")
+    a("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_config(args: argparse.Namespace):
+    """Preset (if any) overlaid with the flags that were given, validated."""
+    from ..config import TrainConfig, read_preset
+
+    sections = read_preset(args.config) if args.config else {}
+    source = f"--config {args.config}" if args.config else "flags"
+    # Preset keys are checked before flags fill in required fields, so a typo is named as the preset's.
+    for dest, (section, key) in FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            sections.setdefault(section, {})[key] = value
+    return TrainConfig.from_dict(sections, source=source)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train import train
+
+    config = build_config(args)
+    final = train(config, progress=not args.no_progress, resume=args.resume)
+    print(f"trained student: {final}")
+    return 0

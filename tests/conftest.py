@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny random Qwen3 student/teacher pairs with a character-level chat tokenizer."""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_char_tokenizer():
+    """Every printable ASCII character is a token; Qwen-style specials (<|im_end|> EOS, <|endoftext|> pad)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    chars = sorted(set(string.printable))
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_tiny_qwen3(vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: int = 0, extra_rows: int = 0):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=vocab_size + extra_rows,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=hidden // 4,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """(student_dir, teacher_dir, prompts_jsonl): random models that differ, sharing one tokenizer.
+
+    The teacher's output layer has 7 padding rows beyond the tokenizer (like Qwen3's 151,936 vs 151,669).
+    """
+    root = tmp_path_factory.mktemp("tiny_pair")
+    tokenizer = make_char_tokenizer()
+    for name, seed, extra, hidden in (("student", 0, 0, 32), ("teacher", 1, 7, 48)):
+        model = make_tiny_qwen3(len(tokenizer), hidden=hidden, seed=seed, extra_rows=extra)
+        model.generation_config.top_k = 50  # like real models: the sampler must override it
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    prompts = root / "prompts.jsonl"
+    rows = [{"id": str(i), "problem": f"Compute {i} + {2 * i}.", "answer": str(3 * i)} for i in range(12)]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "student", root / "teacher", prompts

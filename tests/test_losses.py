@@ -1,0 +1,117 @@
+"""The surrogate's gradient, chunked log-probs and chunked KL against exact references."""
+
+import torch
+import torch.nn.functional as F
+
+from poweropd.logprobs import chunked_token_logprobs, selected_logprobs_from_logits
+from poweropd.losses import chunked_reverse_kl, full_kl_loss, policy_gradient_loss, reverse_kl_per_token
+
+
+def _layers(seed=0, hidden=16, vocab=37, extra_teacher_rows=5):
+    torch.manual_seed(seed)
+    student = torch.nn.Linear(hidden, vocab, bias=False)
+    teacher = torch.nn.Linear(hidden + 4, vocab + extra_teacher_rows, bias=False)
+    return student, teacher
+
+
+def test_reverse_kl_matches_torch_kl_div_and_is_zero_for_equal_models():
+    torch.manual_seed(0)
+    s_logits, t_logits = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    expected = F.kl_div(F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1), log_target=True, reduction="none").sum(-1)
+    torch.testing.assert_close(reverse_kl_per_token(s_logits, t_logits), expected)
+    torch.testing.assert_close(reverse_kl_per_token(s_logits, s_logits), torch.zeros(2, 5), atol=1e-6, rtol=0)
+    assert (reverse_kl_per_token(s_logits, t_logits) > 0).all()
+
+
+def test_reverse_kl_two_token_vocabulary_by_hand():
+    # π_S = (0.5, 0.5), π_T = (0.25, 0.75): KL = 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) = 0.5 ln(4/3)
+    s_logits = torch.log(torch.tensor([[[0.5, 0.5]]]))
+    t_logits = torch.log(torch.tensor([[[0.25, 0.75]]]))
+    torch.testing.assert_close(reverse_kl_per_token(s_logits, t_logits), torch.tensor([[0.5 * torch.log(torch.tensor(4 / 3)).item()]]))
+
+
+def test_chunked_logprobs_equal_full_log_softmax_in_value_and_gradient():
+    student, _ = _layers()
+    hidden_BTH = torch.randn(3, 7, 16, requires_grad=True)
+    tokens_BT = torch.randint(0, 37, (3, 7))
+    weights_BT = torch.randn(3, 7)
+
+    ref_BT = F.log_softmax(student(hidden_BTH).float() / 0.7, -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
+    (ref_BT * weights_BT).sum().backward()
+    ref_grads = (hidden_BTH.grad.clone(), student.weight.grad.clone())
+    hidden_BTH.grad = None
+    student.weight.grad = None
+
+    logp_BT, entropy_BT = chunked_token_logprobs(student, hidden_BTH, tokens_BT, temperature=0.7, chunk_size=4)
+    (logp_BT * weights_BT).sum().backward()
+    torch.testing.assert_close(logp_BT, ref_BT)
+    torch.testing.assert_close(hidden_BTH.grad, ref_grads[0])
+    torch.testing.assert_close(student.weight.grad, ref_grads[1])
+    probs = F.softmax(student(hidden_BTH).detach() / 0.7, -1)
+    torch.testing.assert_close(entropy_BT, -(probs * probs.log()).sum(-1))
+    torch.testing.assert_close(selected_logprobs_from_logits(student(hidden_BTH).detach() / 0.7, tokens_BT), ref_BT.detach())
+
+
+def test_surrogate_gradient_is_reward_times_grad_logprob():
+    # L = −Σ sg[r]·log π / N  ⇒  ∂L/∂logits_t = −r_t (onehot(o_t) − π_t) / N at valid t, 0 elsewhere
+    torch.manual_seed(1)
+    logits_BTV = torch.randn(2, 4, 6, requires_grad=True)
+    tokens_BT = torch.randint(0, 6, (2, 4))
+    reward_BT = torch.randn(2, 4)
+    mask_BT = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    logp_BT = selected_logprobs_from_logits(logits_BTV, tokens_BT)
+    loss, metrics = policy_gradient_loss(logp_BT, reward_BT, mask_BT, num_tokens=5)
+    loss.backward()
+
+    probs_BTV = F.softmax(logits_BTV.detach(), -1)
+    onehot_BTV = F.one_hot(tokens_BT, 6).float()
+    expected = -(reward_BT * mask_BT)[..., None] * (onehot_BTV - probs_BTV) / 5
+    torch.testing.assert_close(logits_BTV.grad, expected)
+    torch.testing.assert_close(loss, -(reward_BT * logp_BT.detach() * mask_BT).sum() / 5)
+    assert metrics["loss/pg"].requires_grad is False
+
+
+def test_surrogate_does_not_differentiate_the_reward():
+    logp_BT = torch.zeros(1, 2, requires_grad=True)
+    reward_BT = torch.ones(1, 2, requires_grad=True)
+    loss, _ = policy_gradient_loss(logp_BT, reward_BT, torch.ones(1, 2, dtype=torch.bool), num_tokens=2)
+    loss.backward()
+    assert reward_BT.grad is None
+    torch.testing.assert_close(logp_BT.grad, torch.full((1, 2), -0.5))
+
+
+def test_chunked_kl_equals_exact_kl_over_tokenizer_range_in_value_and_gradient():
+    student, teacher = _layers()
+    vocab = 37  # teacher has 5 padding rows beyond the tokenizer, as Qwen3 does
+    s_hidden_BTH = torch.randn(2, 9, 16, requires_grad=True)
+    t_hidden_BTH = torch.randn(2, 9, 20)
+    tokens_BT = torch.randint(0, vocab, (2, 9))
+    mask_BT = torch.rand(2, 9) > 0.3
+
+    exact_BT = reverse_kl_per_token(student(s_hidden_BTH)[..., :vocab], teacher(t_hidden_BTH)[..., :vocab].detach())
+    loss_ref, _ = full_kl_loss(exact_BT, mask_BT, num_tokens=int(mask_BT.sum()))
+    loss_ref.backward()
+    ref_grads = (s_hidden_BTH.grad.clone(), student.weight.grad.clone())
+    s_hidden_BTH.grad = None
+    student.weight.grad = None
+
+    kl_BT, logp_BT = chunked_reverse_kl(student, teacher, s_hidden_BTH, t_hidden_BTH, tokens_BT, vocab_size=vocab, chunk_size=5)
+    loss, _ = full_kl_loss(kl_BT, mask_BT, num_tokens=int(mask_BT.sum()))
+    loss.backward()
+    torch.testing.assert_close(kl_BT, exact_BT)
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(s_hidden_BTH.grad, ref_grads[0])
+    torch.testing.assert_close(student.weight.grad, ref_grads[1])
+    assert teacher.weight.grad is None
+    torch.testing.assert_close(logp_BT, selected_logprobs_from_logits(student(s_hidden_BTH).detach(), tokens_BT))
+
+
+def test_full_kl_gradient_is_the_analytic_kl_gradient():
+    # ∂KL(softmax(z) ‖ q)/∂z = π ⊙ (log π − log q − KL)
+    torch.manual_seed(2)
+    z = torch.randn(1, 1, 5, requires_grad=True)
+    t = torch.randn(1, 1, 5)
+    kl = reverse_kl_per_token(z, t)
+    kl.sum().backward()
+    p, logq = F.softmax(z.detach(), -1), F.log_softmax(t, -1)
+    torch.testing.assert_close(z.grad, p * (p.log() - logq - kl.detach()[..., None]))
