@@ -38,7 +38,9 @@ def make_char_tokenizer():
     return fast
 
 
-def make_tiny_qwen3(vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: int = 0, extra_rows: int = 0):
+def make_tiny_qwen3(
+    vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: int = 0, extra_rows: int = 0
+):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)

@@ -17,7 +17,9 @@ def _layers(seed=0, hidden=16, vocab=37, extra_teacher_rows=5):
 def test_reverse_kl_matches_torch_kl_div_and_is_zero_for_equal_models():
     torch.manual_seed(0)
     s_logits, t_logits = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
-    expected = F.kl_div(F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1), log_target=True, reduction="none").sum(-1)
+    expected = F.kl_div(
+        F.log_softmax(t_logits, -1), F.log_softmax(s_logits, -1), log_target=True, reduction="none"
+    ).sum(-1)
     torch.testing.assert_close(reverse_kl_per_token(s_logits, t_logits), expected)
     torch.testing.assert_close(reverse_kl_per_token(s_logits, s_logits), torch.zeros(2, 5), atol=1e-6, rtol=0)
     assert (reverse_kl_per_token(s_logits, t_logits) > 0).all()
@@ -27,7 +29,10 @@ def test_reverse_kl_two_token_vocabulary_by_hand():
     # π_S = (0.5, 0.5), π_T = (0.25, 0.75): KL = 0.5 ln(0.5/0.25) + 0.5 ln(0.5/0.75) = 0.5 ln(4/3)
     s_logits = torch.log(torch.tensor([[[0.5, 0.5]]]))
     t_logits = torch.log(torch.tensor([[[0.25, 0.75]]]))
-    torch.testing.assert_close(reverse_kl_per_token(s_logits, t_logits), torch.tensor([[0.5 * torch.log(torch.tensor(4 / 3)).item()]]))
+    torch.testing.assert_close(
+        reverse_kl_per_token(s_logits, t_logits),
+        torch.tensor([[0.5 * torch.log(torch.tensor(4 / 3)).item()]]),
+    )
 
 
 def test_chunked_logprobs_equal_full_log_softmax_in_value_and_gradient():
@@ -42,14 +47,18 @@ def test_chunked_logprobs_equal_full_log_softmax_in_value_and_gradient():
     hidden_BTH.grad = None
     student.weight.grad = None
 
-    logp_BT, entropy_BT = chunked_token_logprobs(student, hidden_BTH, tokens_BT, temperature=0.7, chunk_size=4)
+    logp_BT, entropy_BT = chunked_token_logprobs(
+        student, hidden_BTH, tokens_BT, temperature=0.7, chunk_size=4
+    )
     (logp_BT * weights_BT).sum().backward()
     torch.testing.assert_close(logp_BT, ref_BT)
     torch.testing.assert_close(hidden_BTH.grad, ref_grads[0])
     torch.testing.assert_close(student.weight.grad, ref_grads[1])
     probs = F.softmax(student(hidden_BTH).detach() / 0.7, -1)
     torch.testing.assert_close(entropy_BT, -(probs * probs.log()).sum(-1))
-    torch.testing.assert_close(selected_logprobs_from_logits(student(hidden_BTH).detach() / 0.7, tokens_BT), ref_BT.detach())
+    torch.testing.assert_close(
+        selected_logprobs_from_logits(student(hidden_BTH).detach() / 0.7, tokens_BT), ref_BT.detach()
+    )
 
 
 def test_surrogate_gradient_is_reward_times_grad_logprob():
@@ -88,14 +97,18 @@ def test_chunked_kl_equals_exact_kl_over_tokenizer_range_in_value_and_gradient()
     tokens_BT = torch.randint(0, vocab, (2, 9))
     mask_BT = torch.rand(2, 9) > 0.3
 
-    exact_BT = reverse_kl_per_token(student(s_hidden_BTH)[..., :vocab], teacher(t_hidden_BTH)[..., :vocab].detach())
+    exact_BT = reverse_kl_per_token(
+        student(s_hidden_BTH)[..., :vocab], teacher(t_hidden_BTH)[..., :vocab].detach()
+    )
     loss_ref, _ = full_kl_loss(exact_BT, mask_BT, num_tokens=int(mask_BT.sum()))
     loss_ref.backward()
     ref_grads = (s_hidden_BTH.grad.clone(), student.weight.grad.clone())
     s_hidden_BTH.grad = None
     student.weight.grad = None
 
-    kl_BT, logp_BT = chunked_reverse_kl(student, teacher, s_hidden_BTH, t_hidden_BTH, tokens_BT, vocab_size=vocab, chunk_size=5)
+    kl_BT, logp_BT = chunked_reverse_kl(
+        student, teacher, s_hidden_BTH, t_hidden_BTH, tokens_BT, vocab_size=vocab, chunk_size=5
+    )
     loss, _ = full_kl_loss(kl_BT, mask_BT, num_tokens=int(mask_BT.sum()))
     loss.backward()
     torch.testing.assert_close(kl_BT, exact_BT)
@@ -103,7 +116,9 @@ def test_chunked_kl_equals_exact_kl_over_tokenizer_range_in_value_and_gradient()
     torch.testing.assert_close(s_hidden_BTH.grad, ref_grads[0])
     torch.testing.assert_close(student.weight.grad, ref_grads[1])
     assert teacher.weight.grad is None
-    torch.testing.assert_close(logp_BT, selected_logprobs_from_logits(student(s_hidden_BTH).detach(), tokens_BT))
+    torch.testing.assert_close(
+        logp_BT, selected_logprobs_from_logits(student(s_hidden_BTH).detach(), tokens_BT)
+    )
 
 
 def test_full_kl_gradient_is_the_analytic_kl_gradient():

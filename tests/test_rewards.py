@@ -31,7 +31,9 @@ def test_tanh_by_hand():
     ln2, ln9 = math.log(2), math.log(9)
     expected = torch.tensor([[math.tanh(ln2), -math.tanh(ln2), 0.0], [-math.tanh(ln9), math.tanh(ln9), 0.0]])
     torch.testing.assert_close(tanh(TEACHER, STUDENT, MASK), expected)
-    expected_tau2 = torch.tensor([[math.tanh(ln2 / 2), -math.tanh(ln2 / 2), 0.0], [-math.tanh(ln9 / 2), math.tanh(ln9 / 2), 0.0]])
+    expected_tau2 = torch.tensor(
+        [[math.tanh(ln2 / 2), -math.tanh(ln2 / 2), 0.0], [-math.tanh(ln9 / 2), math.tanh(ln9 / 2), 0.0]]
+    )
     torch.testing.assert_close(tanh(TEACHER, STUDENT, MASK, tau=2.0), expected_tau2)
 
 
@@ -99,7 +101,9 @@ def test_power_alpha_to_zero_over_alpha_is_log_ratio():
     # π_T^α − π_S^α = α (log π_T − log π_S) + O(α²)
     expected = log_ratio(TEACHER, STUDENT, MASK)
     for alpha, tol in ((1e-2, 5e-2), (1e-4, 5e-4)):
-        torch.testing.assert_close(power(TEACHER, STUDENT, MASK, alpha=alpha) / alpha, expected, atol=tol, rtol=0)
+        torch.testing.assert_close(
+            power(TEACHER, STUDENT, MASK, alpha=alpha) / alpha, expected, atol=tol, rtol=0
+        )
 
 
 logps = st.floats(min_value=-60.0, max_value=0.0, allow_nan=False)

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries()
     try:
         return args._run(args) or 0
     except UserError as err:
@@ -54,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         sys.stderr.write(f"poweropd {args.command}: error: {err}\n")
         return 2
+
+
+def _quiet_libraries() -> None:
+    # transformers' per-file "Loading weights" / "Writing model shards" bars drown our own progress bars.
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,89 @@
+"""Stop tokens, response masks and left-padded sampling."""
+
+import torch
+
+from poweropd.models import stop_token_ids
+from poweropd.rollout import HFSampler, SamplingConfig, build_rollouts, left_pad, mask_after_stop
+
+STOPS = (2, 0)  # <|im_end|> and <|endoftext|> in the test tokenizer
+
+
+def test_mask_keeps_tokens_through_first_stop_of_either_kind():
+    response_BT = torch.tensor([[5, 6, 2, 7, 2], [5, 0, 9, 9, 9], [5, 6, 7, 8, 9]])
+    mask_BT, truncated_B = mask_after_stop(response_BT, STOPS)
+    assert mask_BT.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert truncated_B.tolist() == [False, False, True]
+
+
+def test_loss_mask_drops_final_stop_token_but_truncated_rollouts_keep_all():
+    prompt_mask_BP = torch.tensor([[0, 1], [1, 1], [1, 1]])
+    sequences_BL = torch.tensor([[0, 4, 5, 6, 2, 7], [3, 4, 5, 0, 9, 9], [3, 4, 5, 6, 7, 8]])
+    r = build_rollouts(sequences_BL, prompt_mask_BP, STOPS, pad_token_id=0)
+    assert r.prompt_len == 2
+    assert r.response_mask_BT.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert r.loss_mask().tolist() == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+    assert torch.equal(r.loss_mask(include_stop_token=True), r.response_mask_BT)
+    # after the stop token, ids are padding and attention is off
+    assert r.input_ids_BL[0, 5].item() == 0 and r.attention_mask_BL[0].tolist() == [0, 1, 1, 1, 1, 0]
+    assert r.response_lengths_B.tolist() == [3, 2, 4]
+
+
+def test_left_pad():
+    ids_BP, mask_BP = left_pad([[7, 8, 9], [5]], pad_id=0)
+    assert ids_BP.tolist() == [[7, 8, 9], [0, 0, 5]]
+    assert mask_BP.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_stop_tokens_include_both_eos_kinds(tiny_pair):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_pair[0])
+    vocab = tok.get_vocab()
+    assert stop_token_ids(tok) == sorted({vocab["<|im_end|>"], vocab["<|endoftext|>"]})
+
+
+class _RecordingModel(torch.nn.Module):
+    """Stands in for a causal LM: records generate's arguments, returns a fixed continuation."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.kwargs = None
+
+    def generate(self, input_ids, **kwargs):
+        self.kwargs = kwargs
+        tail = torch.tensor([[9, 2, 0]]).expand(input_ids.shape[0], 3)
+        return torch.cat([input_ids, tail], dim=1)
+
+
+def test_sampler_passes_top_k_zero_and_every_stop_id_explicitly():
+    model = _RecordingModel()
+    sampler = HFSampler(model, pad_token_id=0, config=SamplingConfig(max_new_tokens=3, stop_token_ids=STOPS))
+    r = sampler.sample([[4, 5], [6]])
+    assert model.kwargs["top_k"] == 0 and model.kwargs["top_p"] == 1.0 and model.kwargs["temperature"] == 1.0
+    assert model.kwargs["do_sample"] is True and model.kwargs["eos_token_id"] == [2, 0]
+    assert model.kwargs["attention_mask"].tolist() == [[1, 1], [0, 1]]
+    assert r.response_mask_BT.tolist() == [[1, 1, 0], [1, 1, 0]]
+
+
+def test_real_generate_matches_rescoring_with_left_padding(tiny_pair):
+    """Sampling from left-padded prompts and re-scoring the rollouts agree on log-probs (position ids)."""
+    from transformers import AutoModelForCausalLM
+
+    from poweropd.logprobs import chunked_token_logprobs, selected_logprobs_from_logits
+    from poweropd.models import output_layer, response_hidden_states
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair[0])
+    torch.manual_seed(0)
+    sampler = HFSampler(model, pad_token_id=0, config=SamplingConfig(max_new_tokens=6, stop_token_ids=STOPS))
+    r = sampler.sample([[1, 40, 41, 42, 43], [1, 50]])
+    hidden_BTH = response_hidden_states(model, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
+    logp_BT, _ = chunked_token_logprobs(output_layer(model), hidden_BTH, r.response_ids_BT)
+    for i in range(2):  # reference: each row alone, unpadded
+        ids = r.input_ids_BL[i][r.attention_mask_BL[i].bool()]
+        n_prompt = int(r.attention_mask_BL[i, : r.prompt_len].sum())
+        with torch.no_grad():
+            logits = model(ids[None]).logits[0]
+        ref = selected_logprobs_from_logits(logits[n_prompt - 1 : -1], ids[n_prompt:])
+        n = int(r.response_mask_BT[i].sum())
+        torch.testing.assert_close(logp_BT[i, :n].detach(), ref, atol=1e-5, rtol=0)

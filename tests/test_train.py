@@ -1,0 +1,218 @@
+"""`poweropd train` end to end on tiny random models: every reward, resume, presets, bad inputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from poweropd.cli import main
+from poweropd.train import DataOrder
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _train_args(pair, out, *extra):
+    student, teacher, prompts = pair
+    return [
+        "train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts),
+        "--output-dir", str(out), "--batch-size", "4", "--max-new-tokens", "8", "--lr", "1e-3",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+REQUIRED_METRICS = ["step", "loss", "grad/norm", "reward/mean", "reward/std", "reward/min", "reward/max", "reward/p05", "reward/p95", "log_ratio/mean", "log_ratio/min", "log_ratio/max", "log_ratio/p05", "log_ratio/p95", "response_length/mean", "response_length/max", "response/truncated_frac", "student_prob/mean", "time/sample_s", "time/score_s", "time/update_s", "time/step_s", "tokens_per_s", "memory/peak_mb"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "reward_args",
+    [["--reward", "log_ratio"], ["--reward", "clip", "--clip-low", "-0.5", "--clip-high", "0.5"],
+     ["--reward", "tanh", "--tanh-tau", "2"], ["--reward", "zscore", "--micro-batch-size", "2"],
+     ["--reward", "power", "--alpha", "0.5"], ["--reward", "full_kl", "--micro-batch-size", "2"]],
+    ids=lambda a: a[1],
+)  # fmt: skip
+def test_every_reward_trains_and_logs(tiny_pair, tmp_path, reward_args):
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_pair, out, "--max-steps", "2", "--save-every", "0", *reward_args)) == 0
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert set(REQUIRED_METRICS) <= row.keys()
+        assert row["grad/norm"] > 0 and row["reward/min"] <= row["reward/mean"] <= row["reward/max"]
+        assert row["log_ratio/min"] <= row["log_ratio/p05"] <= row["log_ratio/p95"] <= row["log_ratio/max"]
+    name = reward_args[1]
+    if name in ("clip", "tanh", "power"):
+        bound = 0.5 if name == "clip" else 1.0
+        assert all(-bound <= r["reward/min"] and r["reward/max"] <= bound for r in rows)
+    if name == "zscore":  # standardised over the batch's valid tokens
+        assert all(abs(r["reward/mean"]) < 1e-5 and abs(r["reward/std"] - 1) < 1e-3 for r in rows)
+    if name == "full_kl":  # the logged signal is −KL ≤ 0
+        assert all(r["reward/max"] <= 1e-6 for r in rows)
+    positions = [json.loads(line) for line in (out / "positions.jsonl").read_text().splitlines()]
+    assert positions[0]["step"] == 1 and positions[0]["buckets"][0]["start"] == 0
+    final = out / "final"
+    assert (final / "model.safetensors").exists() and (final / "tokenizer_config.json").exists()
+    config = (out / "config.yaml").read_text()
+    assert f"name: {name}" in config
+    # the student moved
+    before = load_file(tiny_pair[0] / "model.safetensors")
+    after = load_file(final / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_resume_is_bit_identical(tiny_pair, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ("--reward", "power", "--alpha", "2", "--save-every", "2")
+    assert main(_train_args(tiny_pair, straight, "--max-steps", "4", *common)) == 0
+    assert main(_train_args(tiny_pair, resumed, "--max-steps", "2", *common)) == 0
+    assert (resumed / "checkpoints" / "step-2" / "optimizer.pt").exists()
+    assert main(_train_args(tiny_pair, resumed, "--max-steps", "4", "--resume", *common)) == 0
+    a, b = (
+        load_file(straight / "final" / "model.safetensors"),
+        load_file(resumed / "final" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the resumed run's metrics continue the first part: steps 1..4 once each, same losses as straight
+    ra, rb = _metrics(straight), _metrics(resumed)
+    assert [r["step"] for r in rb] == [1, 2, 3, 4]
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+
+
+def test_data_order_is_a_permutation_per_epoch_and_splits_across_processes():
+    order = DataOrder(num_prompts=10, seed=3)
+    epoch = [i for step in range(1, 6) for i in order.indices(step, batch_size=2)]
+    assert sorted(epoch) == list(range(10))
+    assert order.indices(3, 4, rank=0, world_size=2) + order.indices(
+        3, 4, rank=1, world_size=2
+    ) == order.indices(3, 4)
+    assert order.indices(7, 2) == DataOrder(10, 3).indices(7, 2)  # stateless: resume needs only the step
+    assert order.indices(1, 10) != DataOrder(10, 4).indices(1, 10)
+
+
+@pytest.mark.parametrize("preset", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_validate(preset):
+    from poweropd.cli import build_parser
+    from poweropd.commands.train import build_config
+
+    args = build_parser().parse_args(
+        ["train", "--config", str(preset), "--data", "x.jsonl", "--output-dir", "o"]
+    )
+    cfg = build_config(args)
+    assert cfg.optim.lr == 5e-7 and cfg.run.batch_size == 32 and cfg.rollout.max_new_tokens == 1024
+    assert cfg.run.max_steps == 1500 and cfg.model.dtype == "bfloat16"
+    assert cfg.model.student.startswith("Qwen/Qwen3-") and cfg.model.student.endswith("-Base")
+
+
+def test_flags_override_preset(tmp_path):
+    from poweropd.cli import build_parser
+    from poweropd.commands.train import build_config
+
+    preset = sorted(CONFIGS.glob("*.yaml"))[0]
+    args = build_parser().parse_args(
+        ["train", "--config", str(preset), "--data", "d", "--output-dir", "o", "--alpha", "3", "--lr", "1e-6"]
+    )
+    cfg = build_config(args)
+    assert cfg.reward.alpha == 3.0 and cfg.optim.lr == 1e-6 and cfg.run.batch_size == 32
+
+
+def _bad(tmp_path, tiny_pair, capsys, *args, pair=None):
+    code = main(_train_args(pair or tiny_pair, tmp_path / "run", "--max-steps", "1", *args))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--reward", "power", "--alpha", "0"], "reward.alpha (--alpha): expected a number > 0, got 0.0"),
+        (["--reward", "power", "--alpha", "-2"], "expected a number > 0"),
+        (["--reward", "bogus"], "argument --reward: invalid choice: 'bogus'"),
+        (["--clip-low", "1", "--clip-high", "0"], "expected low < high"),
+        (["--batch-size", "4", "--micro-batch-size", "3"], "expected a divisor of batch_size 4"),
+    ],
+)
+def test_bad_flags_are_one_line_exit_2(tmp_path, tiny_pair, capsys, args, expected):
+    with pytest.raises(SystemExit) if "invalid choice" in expected else _no_raise() as exc:
+        code, err = _bad(tmp_path, tiny_pair, capsys, *args)
+    if "invalid choice" in expected:
+        code, err = exc.value.code, capsys.readouterr().err.strip()
+    assert code == 2
+    assert expected in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_missing_data_file(tmp_path, tiny_pair, capsys):
+    student, teacher, _ = tiny_pair
+    code, err = _bad(tmp_path, tiny_pair, capsys, pair=(student, teacher, tmp_path / "nope.jsonl"))
+    assert code == 2 and "nope.jsonl: file not found" in err and len(err.splitlines()) == 1
+
+
+def test_malformed_jsonl_line_names_the_line(tmp_path, tiny_pair, capsys):
+    student, teacher, _ = tiny_pair
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1 + 1"}\n{"problem": oops}\n')
+    code, err = _bad(tmp_path, tiny_pair, capsys, pair=(student, teacher, bad))
+    assert (
+        code == 2 and "bad.jsonl:2: expected one JSON object per line" in err and len(err.splitlines()) == 1
+    )
+
+
+def test_missing_problem_field(tmp_path, tiny_pair, capsys):
+    student, teacher, _ = tiny_pair
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1 + 1"}\n{"question": "2 + 2"}\n')
+    code, err = _bad(tmp_path, tiny_pair, capsys, pair=(student, teacher, bad))
+    assert code == 2 and "bad.jsonl:2: expected a non-empty string field 'problem'" in err
+
+
+def test_tokenizer_mismatch_is_refused(tmp_path, tiny_pair, capsys):
+    from tokenizers import Tokenizer, models
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    student, teacher, prompts = tiny_pair
+    other = tmp_path / "other_teacher"
+    other.mkdir()
+    for f in teacher.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    vocab = AutoTokenizer.from_pretrained(teacher).get_vocab()
+    swapped = {k: (v + 1) % len(vocab) for k, v in vocab.items()}  # same strings, other ids
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(swapped, unk_token="<|endoftext|>")),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
+    fast.save_pretrained(other)
+    code, err = _bad(tmp_path, tiny_pair, capsys, pair=(student, other, prompts))
+    assert code == 2 and "expected tokenizers with the same vocabulary and ids" in err
+    assert f"{len(vocab)} with different ids" in err and len(err.splitlines()) == 1
+
+
+def test_unknown_preset_key(tmp_path, tiny_pair, capsys):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("reward:\n  name: power\n  alpah: 3\n")
+    code, err = _bad(tmp_path, tiny_pair, capsys, "--config", str(preset))
+    assert code == 2 and "unknown key 'reward.alpah'" in err and "alpha" in err and len(err.splitlines()) == 1
+
+
+def test_existing_run_is_not_overwritten(tmp_path, tiny_pair, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    code, err = _bad(tmp_path, tiny_pair, capsys)
+    assert code == 2 and "already holds a run" in err
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
