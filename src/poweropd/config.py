@@ -155,6 +155,8 @@ class EvalConfig:
     max_new_tokens: int = 1024
     temperature: float = 0.6
     top_p: float = 0.95
+    batch_size: int = 64
+    """Sequences per generate call while evaluating."""
 
     def __post_init__(self):
         _check(self.every >= 0, "eval.every (--eval-every)", "an integer ≥ 0", self.every)

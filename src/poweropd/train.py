@@ -341,8 +341,14 @@ def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = False) -> Path:
-    """Run on-policy distillation as configured; returns the folder of the final student."""
+def train(
+    cfg: TrainConfig, *, progress: bool = True, resume: bool = False, eval_problems: dict | None = None
+) -> Path:
+    """Run on-policy distillation as configured; returns the folder of the final student.
+
+    ``eval_problems`` ({name: [benchmarks.Problem]}) replaces the configured benchmarks for ``--eval-every``
+    (the demo evaluates on its own held-out task).
+    """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
@@ -401,7 +407,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = False) -> P
     scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size)
     order = DataOrder(len(prompt_ids), cfg.run.seed)
     amp_dtype = torch.bfloat16 if bf16 else None
-    evaluator = _make_evaluator(cfg, student_tok) if cfg.eval.every else None
+    evaluator = _make_evaluator(cfg, student_tok, eval_problems) if cfg.eval.every else None
 
     bar = tqdm(
         range(start_step + 1, cfg.run.max_steps + 1),
@@ -529,20 +535,22 @@ def _gathered_positions(result: UpdateResult, comm: Collective) -> list[dict]:
     return position_rows(reward_all, ratio_all, mask_all.bool())
 
 
-def _make_evaluator(cfg: TrainConfig, tokenizer) -> Callable:
-    """Returns student -> {eval/<benchmark>/avg@n, ...} on the configured benchmark subset."""
-    from .benchmarks import load_benchmark, parse_benchmarks
+def _make_evaluator(cfg: TrainConfig, tokenizer, problems: dict | None = None) -> Callable:
+    """Returns student -> {eval/<benchmark>/avg@n, ...} on the configured benchmarks (or on ``problems``)."""
+    from .benchmarks import load_benchmark, resolve_benchmarks
     from .evaluate import EvalConfig as HarnessConfig
     from .evaluate import evaluate_model
 
-    problems = {
-        b: load_benchmark(b, cfg.eval.data_dir, cfg.eval.limit) for b in parse_benchmarks(cfg.eval.benchmarks)
-    }
+    if problems is None:
+        names = resolve_benchmarks(cfg.eval.benchmarks)
+        problems = {b: load_benchmark(b, cfg.eval.data_dir, cfg.eval.limit) for b in names}
     harness = HarnessConfig(
+        benchmarks=tuple(problems),
         n=cfg.eval.n,
         temperature=cfg.eval.temperature,
         top_p=cfg.eval.top_p,
         max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
         seed=cfg.run.seed,
     )
 
@@ -552,8 +560,9 @@ def _make_evaluator(cfg: TrainConfig, tokenizer) -> Callable:
         return {
             f"eval/{b}/{k}": v
             for b, row in results.items()
+            if b != "mean"
             for k, v in row.items()
-            if isinstance(v, int | float)
+            if k != "n_problems"
         }
 
     return evaluate
