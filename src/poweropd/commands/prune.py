@@ -1,0 +1,48 @@
+"""Depth-pruned copy of a causal LM: keep some decoder layers, renumber them, save model + tokenizer.
+
+Example: `poweropd prune --model smollm2-135m-instruct --keep-layers 0-7 --output-dir students/smol8`.
+The result loads with `from_pretrained` and serves as a (degenerate, unhealed) student.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id, local folder or alias of the model to prune")
+    parser.add_argument(
+        "--keep-layers",
+        required=True,
+        metavar="SPEC",
+        help="decoder layers to keep, in increasing order: '0-7', '0,3,6,9' or '0-3,8'",
+    )
+    parser.add_argument("--output-dir", required=True, type=Path, help="folder to write the pruned model to")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype of the saved weights",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..models import load_causal_lm, load_tokenizer
+    from ..prune import parse_layer_spec, prune_layers
+
+    if args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UserError(f"--output-dir {args.output_dir}: expected a folder, found a file")
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model, dtype=args.dtype)
+    num_layers = model.config.num_hidden_layers
+    keep = parse_layer_spec(args.keep_layers, num_layers)
+    pruned = prune_layers(model, keep)
+    del model
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    pruned.save_pretrained(args.output_dir)
+    tokenizer.save_pretrained(args.output_dir)
+    params = sum(p.numel() for p in pruned.parameters())
+    print(f"kept layers {keep} of {num_layers} ({params / 1e6:.1f}M parameters) -> {args.output_dir}")
+    return 0
