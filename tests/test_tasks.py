@@ -1,0 +1,208 @@
+"""The embedded arithmetic task: generator, split, tokenizer, and the cached teacher/student zoo."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from poweropd.data import INSTRUCTION, encode_prompts, read_jsonl, render_prompt
+from poweropd.errors import UserError
+from poweropd.grading import grade
+from poweropd.models import stop_token_ids
+from poweropd.tasks import arithmetic
+from poweropd.tasks.models import (
+    SFTConfig,
+    TaskConfig,
+    TinyQwen3,
+    accuracy,
+    encode_sft_batch,
+    load_task_model,
+    prepare_task_models,
+)
+from poweropd.tasks.tokenizer import build_tokenizer
+
+PROBLEM = re.compile(r"^Compute (\d+)((?: [+-] \d+)+)\.$")
+STEP = re.compile(r"^(\d+) ([+-]) (\d+) = (\d+)$")
+
+
+def parse(problem: str) -> tuple[int, list[tuple[str, int]]]:
+    match = PROBLEM.match(problem)
+    assert match, problem
+    ops = re.findall(r"([+-]) (\d+)", match.group(2))
+    return int(match.group(1)), [(op, int(n)) for op, n in ops]
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return arithmetic.make_splits(seed=0, n_test=300, n_train=3000)
+
+
+def test_answers_recomputed_from_the_problem_text(splits):
+    for row in splits[0] + splits[1]:
+        first, steps = parse(row["problem"])
+        assert 1 <= len(steps) <= 3
+        assert all(10 <= n <= 99 for n in [first] + [n for _, n in steps])
+        value = first
+        for op, n in steps:
+            value = value + n if op == "+" else value - n
+            assert 0 <= value <= 99, row  # the documented range of every intermediate result
+        assert row["answer"] == str(value)
+
+
+def test_reference_steps_are_correct_and_follow_the_problem(splits):
+    for row in splits[1]:
+        first, steps = parse(row["problem"])
+        *lines, last = row["response"].split("\n")
+        assert last == f"The answer is \\boxed{{{row['answer']}}}."
+        assert len(lines) == len(steps)
+        value = first
+        for line, (op, n) in zip(lines, steps):
+            a, line_op, b, c = STEP.match(line).groups()
+            assert (int(a), line_op, int(b)) == (value, op, n)
+            assert int(c) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+            value = int(c)
+        assert grade(row["response"], row["answer"])  # the real grader accepts every reference
+
+
+def test_split_is_disjoint_distinct_and_random(splits):
+    train, test = splits
+    test_problems = {row["problem"] for row in test}
+    assert len(test_problems) == len(test) == 300
+    assert test_problems.isdisjoint(row["problem"] for row in train)
+    # A hash split once held out exactly the sums ending in 0; a random split covers every last digit,
+    # every operation count and both operators.
+    assert {row["answer"][-1] for row in test} == set("0123456789")
+    assert {len(parse(row["problem"])[1]) for row in test} == {1, 2, 3}
+    assert {op for row in test for op, _ in parse(row["problem"])[1]} == {"+", "-"}
+    assert all(sum(len(parse(r["problem"])[1]) == k for r in test) > 100 / 4 for k in (1, 2, 3))
+
+
+def test_split_is_seeded(splits):
+    again = arithmetic.make_splits(seed=0, n_test=300, n_train=3000)
+    assert again == splits
+    other_test = {row["problem"] for row in arithmetic.make_splits(seed=1, n_test=300, n_train=10)[1]}
+    assert len(other_test & {row["problem"] for row in splits[1]}) < 30
+
+
+def test_jsonl_is_readable_by_train_data(tmp_path, splits):
+    path = arithmetic.write_jsonl(splits[1][:5], tmp_path / "sub" / "test.jsonl")
+    rows = read_jsonl(path, required=("problem", "answer"))
+    assert rows == splits[1][:5]
+    assert set(rows[0]) == {"id", "problem", "answer", "response"}
+
+
+def test_tokenizer_round_trips_task_text_and_printable_ascii(splits):
+    tokenizer = build_tokenizer()
+    texts = [row[k] for row in splits[1] for k in ("problem", "response")]
+    texts += ["".join(chr(c) for c in range(32, 127)) + "\n", INSTRUCTION, "Compute 5 - 7.\n\\boxed{-2}"]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids) == text
+        assert tokenizer.unk_token_id not in ids
+    # Digits stay single tokens (what makes column arithmetic learnable); words shorten the prompt.
+    assert tokenizer.tokenize("47 + 18 = 65") == ["4", "7", " + ", "1", "8", " = ", "6", "5"]
+    assert len(encode_prompts(tokenizer, ["Compute 47 + 18 - 23."])[0]) < 40
+
+
+def test_chat_template_and_special_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = build_tokenizer()
+    prompt = render_prompt(tokenizer, "Compute 47 + 18.")
+    assert prompt == (
+        "<|im_start|>user\nCompute 47 + 18.\n" + INSTRUCTION + "<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.eos_token_id != tokenizer.pad_token_id
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    assert ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 2
+    assert ids.count(tokenizer.eos_token_id) == 1
+    assert (
+        tokenizer.decode(ids, skip_special_tokens=True)
+        == "user\nCompute 47 + 18.\n" + INSTRUCTION + "\nassistant\n"
+    )
+
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert render_prompt(reloaded, "Compute 47 + 18.") == prompt
+    assert reloaded(prompt, add_special_tokens=False)["input_ids"] == ids
+    assert reloaded.get_vocab() == tokenizer.get_vocab()
+    assert stop_token_ids(reloaded) == sorted([tokenizer.eos_token_id, tokenizer.pad_token_id])
+
+
+def test_sft_labels_cover_the_response_and_its_stop_token_only(splits):
+    tokenizer = build_tokenizer()
+    rows = splits[1][:4]
+    input_ids_BL, attention_mask_BL, labels_BL = encode_sft_batch(tokenizer, rows)
+    for i, row in enumerate(rows):
+        labelled = labels_BL[i][labels_BL[i] != -100].tolist()
+        assert tokenizer.decode(labelled) == row["response"] + "<|im_end|>"
+        length = int(attention_mask_BL[i].sum())
+        assert (
+            tokenizer.decode(input_ids_BL[i, :length].tolist())
+            == render_prompt(tokenizer, row["problem"]) + row["response"] + "<|im_end|>"
+        )
+        assert (input_ids_BL[i, length:] == tokenizer.pad_token_id).all()
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: TaskConfig(n_test=0), "TaskConfig.n_test"),
+        (lambda: TaskConfig(num_threads=0), "TaskConfig.num_threads"),
+        (lambda: SFTConfig(steps=10, lr=0.0), "SFTConfig.lr"),
+        (lambda: SFTConfig(steps=10, lr=1e-3, warmup_steps=20), "SFTConfig.warmup_steps"),
+        (
+            lambda: TinyQwen3(
+                hidden_size=100, num_layers=2, num_heads=3, num_kv_heads=3, intermediate_size=64
+            ),
+            "TinyQwen3.num_heads",
+        ),
+    ],
+)
+def test_config_validation_names_the_field(make, field):
+    with pytest.raises(UserError, match=re.escape(field)):
+        make()
+
+
+def test_cache_key_follows_what_changes_the_models():
+    base = TaskConfig()
+    assert base.model_key("teacher") == TaskConfig().model_key("teacher")
+    assert base.model_key("teacher") != TaskConfig(seed=1).model_key("teacher")
+    student_only = TaskConfig(student_sft=SFTConfig(steps=10, lr=1e-3, warmup_steps=5))
+    assert student_only.model_key("teacher") == base.model_key("teacher")
+    assert student_only.model_key("student") != base.model_key("student")
+
+
+@pytest.mark.slow
+def test_prepared_teacher_solves_the_task_and_the_student_is_weak(tmp_path, monkeypatch):
+    monkeypatch.setenv("POWEROPD_CACHE", str(tmp_path))
+    start = time.perf_counter()
+    task = prepare_task_models(progress=False)
+    first_call = time.perf_counter() - start
+    assert task.teacher_dir.is_relative_to(tmp_path / "tasks")
+
+    # Measured here, from the saved folders, not read from the cache's metadata.
+    test_rows = read_jsonl(task.test_jsonl, required=("problem", "answer"))
+    assert len(test_rows) == TaskConfig().n_test
+    train_problems = {row["problem"] for row in read_jsonl(task.train_jsonl, required=("problem", "answer"))}
+    assert train_problems.isdisjoint(row["problem"] for row in test_rows)
+    teacher, tokenizer = load_task_model(task.teacher_dir)
+    teacher_acc = accuracy(teacher, tokenizer, test_rows)
+    student, student_tokenizer = load_task_model(task.student_dir)
+    student_acc = accuracy(student, student_tokenizer, test_rows)
+    assert student_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert teacher_acc >= 0.95
+    assert 0.05 <= student_acc <= 0.40
+    assert teacher_acc == pytest.approx(task.teacher_accuracy, abs=0.01)
+    assert student_acc == pytest.approx(task.student_accuracy, abs=0.01)
+
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("*") if p.is_file()}
+    start = time.perf_counter()
+    again = prepare_task_models(progress=False)
+    second_call = time.perf_counter() - start
+    assert again == task
+    assert second_call < min(5.0, first_call / 10)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("*") if p.is_file()} == files
