@@ -15,7 +15,7 @@ from torch import Tensor
 @dataclass(frozen=True)
 class SamplingConfig:
     max_new_tokens: int = 1024
-    temperature: float = 1.0
+    temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k filter; set explicitly because generation_config may default to 50
     stop_token_ids: tuple[int, ...] = ()
@@ -116,13 +116,16 @@ class HFSampler:
         cfg = self.config
         was_training = self.model.training
         self.model.eval()
+        # temperature 0 means greedy; sampling flags are then left out (transformers warns about unused ones)
+        sampling = (
+            {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
+            if cfg.temperature > 0
+            else {"do_sample": False}
+        )
         out_BL = self.model.generate(
             input_ids=ids_BP,
             attention_mask=mask_BP,
-            do_sample=cfg.temperature > 0,
-            temperature=cfg.temperature if cfg.temperature > 0 else None,
-            top_p=cfg.top_p,
-            top_k=cfg.top_k,
+            **sampling,
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=list(cfg.stop_token_ids),
             pad_token_id=self.pad_token_id,

@@ -31,7 +31,7 @@ from . import arithmetic
 from .tokenizer import build_tokenizer, vocabulary
 
 META_FILE = "poweropd_task.json"
-TOKENIZER_VERSION = 1  # bump when the vocabulary or template changes: it is part of the cache key
+TOKENIZER_VERSION = 2  # bump when the vocabulary or template changes: it is part of the cache key
 
 
 def _check(ok: bool, where: str, expected: str, got) -> None:

@@ -20,6 +20,9 @@ CHARS = tuple(string.printable[:95]) + ("\n",)  # digits, letters, punctuation, 
 # Multi-character tokens. The regex tries them in this order before falling back to one character, so a
 # longer word must come before any word that is its prefix.
 WORDS = (
+    # Whole phrases that every prompt and response contains: one token each (SFT cost is linear in tokens).
+    "\nPlease reason step by step, and put your final answer within \\boxed{}.",
+    "The answer is \\boxed{",
     "Please",
     " reason",
     " step",
