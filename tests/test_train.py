@@ -26,7 +26,32 @@ def _metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
-REQUIRED_METRICS = ["step", "loss", "grad/norm", "reward/mean", "reward/std", "reward/min", "reward/max", "reward/p05", "reward/p95", "log_ratio/mean", "log_ratio/min", "log_ratio/max", "log_ratio/p05", "log_ratio/p95", "response_length/mean", "response_length/max", "response/truncated_frac", "student_prob/mean", "time/sample_s", "time/score_s", "time/update_s", "time/step_s", "tokens_per_s", "memory/peak_mb"]
+REQUIRED_METRICS = [
+    "step",
+    "loss",
+    "grad/norm",
+    "reward/mean",
+    "reward/std",
+    "reward/min",
+    "reward/max",
+    "reward/p05",
+    "reward/p95",
+    "log_ratio/mean",
+    "log_ratio/min",
+    "log_ratio/max",
+    "log_ratio/p05",
+    "log_ratio/p95",
+    "response_length/mean",
+    "response_length/max",
+    "response/truncated_frac",
+    "student_prob/mean",
+    "time/sample_s",
+    "time/score_s",
+    "time/update_s",
+    "time/step_s",
+    "tokens_per_s",
+    "memory/peak_mb",
+]
 
 
 @pytest.mark.slow

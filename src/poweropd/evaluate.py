@@ -1,0 +1,229 @@
+"""Avg@n / Pass@n / response length of a model on math benchmarks, as the PowerOPD paper reports them.
+
+``evaluate_model`` is a plain function of (model, tokenizer, problems, config): the CLI and the training loop
+(every --eval-every steps) call the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .benchmarks import BENCHMARKS, Problem
+from .data import encode_prompts
+from .errors import UserError
+from .grading import extract_answer, grade
+from .models import stop_token_ids
+from .rollout import HFSampler, SamplingConfig
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 − C(n−c, k) / C(n, k).
+
+    Chen et al. 2021 ("Evaluating Large Language Models Trained on Code", eq. 1), in the product form
+    1 − Π_{i=n−c+1}^{n} (1 − k/i), which never forms the huge binomials.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: expected 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prob_all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        prob_all_wrong *= 1.0 - k / i
+    return 1.0 - prob_all_wrong
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmarks: tuple[str, ...] = ("math500",)
+    """Benchmark names (keys of benchmarks.BENCHMARKS); informational for evaluate_model, used by the CLI."""
+    n: int = 8
+    """Samples per problem: the paper's Avg@8 / Pass@8."""
+    temperature: float = 0.6
+    """Sampling temperature; 0 = greedy (then all n samples are identical)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass in (0, 1]."""
+    max_new_tokens: int = 2048
+    """Response length cap; a response that reaches it counts as truncated."""
+    limit: int | None = None
+    """Evaluate only the first ``limit`` problems of each benchmark (None = all)."""
+    batch_size: int = 16
+    """Sequences per generate call (prompts × samples are flattened and cut into batches)."""
+    seed: int = 0
+    """Sampling seed, reset before each benchmark so a benchmark's results do not depend on the others."""
+
+    def __post_init__(self):
+        def need(ok: bool, field: str, flag: str, expected: str, got) -> None:
+            if not ok:
+                raise UserError(f"EvalConfig.{field} ({flag}): expected {expected}, got {got!r}")
+
+        need(
+            len(self.benchmarks) > 0, "benchmarks", "--benchmarks", "at least one benchmark", self.benchmarks
+        )
+        for name in self.benchmarks:
+            need(name in BENCHMARKS, "benchmarks", "--benchmarks", f"one of {', '.join(BENCHMARKS)}", name)
+        need(self.n >= 1, "n", "--n", "an integer >= 1", self.n)
+        need(self.temperature >= 0, "temperature", "--temperature", "a number >= 0", self.temperature)
+        need(0 < self.top_p <= 1, "top_p", "--top-p", "a number in (0, 1]", self.top_p)
+        need(
+            self.max_new_tokens >= 1,
+            "max_new_tokens",
+            "--max-new-tokens",
+            "an integer >= 1",
+            self.max_new_tokens,
+        )
+        need(self.limit is None or self.limit >= 1, "limit", "--limit", "an integer >= 1", self.limit)
+        need(self.batch_size >= 1, "batch_size", "--batch-size", "an integer >= 1", self.batch_size)
+
+    def sampling(self, stop_ids: list[int]) -> SamplingConfig:
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=0,  # explicit: a model's generation_config may carry top_k=50
+            stop_token_ids=tuple(stop_ids),
+        )
+
+
+def _metric_names(n: int) -> tuple[str, str]:
+    return f"avg@{n}", f"pass@{n}"
+
+
+def summarize(correct: list[list[bool]], lengths: list[int], truncated: list[bool]) -> dict:
+    """Per-benchmark numbers from per-problem correctness (P lists of n) and per-sample lengths/truncation.
+
+    avg@n = mean fraction of correct samples; pass@n = fraction of problems with at least one correct sample
+    (pass_at_k with k = n); fractions in [0, 1]; mean_length in generated tokens, stop token included.
+    """
+    n = len(correct[0])
+    avg_name, pass_name = _metric_names(n)
+    return {
+        avg_name: sum(sum(c) / n for c in correct) / len(correct),
+        pass_name: sum(pass_at_k(n, sum(c), n) for c in correct) / len(correct),
+        "mean_length": sum(lengths) / len(lengths),
+        "truncated_frac": sum(truncated) / len(truncated),
+        "n_problems": len(correct),
+    }
+
+
+def mean_over_benchmarks(per_benchmark: dict[str, dict]) -> dict:
+    """The paper's "Avg." column: an unweighted mean over benchmarks (n_problems is summed)."""
+    rows = list(per_benchmark.values())
+    out = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "n_problems"}
+    out["n_problems"] = sum(r["n_problems"] for r in rows)
+    return out
+
+
+def evaluate_model(
+    model, tokenizer, problems_by_benchmark: dict[str, list[Problem]], cfg: EvalConfig, progress: bool = True
+) -> tuple[dict, list[dict]]:
+    """Sample ``cfg.n`` responses per problem, grade them, and summarise each benchmark.
+
+    Returns (results, samples): results maps each benchmark name, then "mean", to
+    {"avg@n", "pass@n", "mean_length", "truncated_frac", "n_problems"}; samples has one row per response.
+    The global RNG state is restored afterwards, so a training loop that evaluates keeps its own stream.
+    """
+    from tqdm.auto import tqdm
+
+    if not problems_by_benchmark or any(not p for p in problems_by_benchmark.values()):
+        raise UserError("evaluate_model: expected at least one benchmark with at least one problem")
+    stop_ids = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    sampler = HFSampler(model, pad_id, cfg.sampling(stop_ids))
+    device = next(model.parameters()).device
+    fork_devices = [device] if device.type == "cuda" else []
+
+    results: dict[str, dict] = {}
+    samples: list[dict] = []
+    total = sum(len(p) for p in problems_by_benchmark.values()) * cfg.n
+    with tqdm(total=total, desc="eval", unit="sample", disable=not progress) as bar:
+        for name, problems in problems_by_benchmark.items():
+            bar.set_description(f"eval {name}")
+            with torch.random.fork_rng(devices=fork_devices):
+                torch.manual_seed(cfg.seed)
+                generated = _sample_benchmark(sampler, tokenizer, problems, cfg, bar)
+            correct = [[False] * cfg.n for _ in problems]
+            rows = []
+            for (i, s), (response, length, truncated) in sorted(generated.items()):
+                golds = problems[i].golds
+                ok = grade(response, golds)
+                correct[i][s] = ok
+                rows.append(
+                    {
+                        "benchmark": name,
+                        "id": problems[i].id,
+                        "sample": s,
+                        "response": response,
+                        "extracted": extract_answer(response),
+                        "gold": golds,
+                        "correct": ok,
+                        "length": length,
+                        "truncated": truncated,
+                    }
+                )
+            samples.extend(rows)
+            results[name] = summarize(correct, [r["length"] for r in rows], [r["truncated"] for r in rows])
+    results["mean"] = mean_over_benchmarks(results)
+    return results, samples
+
+
+def _sample_benchmark(sampler: HFSampler, tokenizer, problems: list[Problem], cfg: EvalConfig, bar) -> dict:
+    """{(problem index, sample index): (response text, generated tokens, truncated)}."""
+    prompt_ids = encode_prompts(tokenizer, [p.problem for p in problems])
+    # Longest prompts first, each repeated n times: batches hold similar lengths, so little padding.
+    order = sorted(range(len(problems)), key=lambda i: -len(prompt_ids[i]))
+    jobs = [(i, s) for i in order for s in range(cfg.n)]
+    out = {}
+    for start in range(0, len(jobs), cfg.batch_size):
+        batch = jobs[start : start + cfg.batch_size]
+        rollouts = sampler.sample([prompt_ids[i] for i, _ in batch])
+        response_ids_BT, mask_BT = rollouts.response_ids_BT.cpu(), rollouts.response_mask_BT.cpu()
+        lengths_B, truncated_B = rollouts.response_lengths_B.tolist(), rollouts.truncated_B.tolist()
+        for b, key in enumerate(batch):
+            text = tokenizer.decode(response_ids_BT[b][mask_BT[b]].tolist(), skip_special_tokens=True)
+            out[key] = (text, int(lengths_B[b]), bool(truncated_B[b]))
+        bar.update(len(batch))
+    return out
+
+
+def format_table(results: dict) -> str:
+    """A paper-like Markdown table: one row per benchmark then Mean; Avg@n and Pass@n in percent."""
+    names = [k for k in results if k != "mean"] + (["mean"] if "mean" in results else [])
+    n = next(int(k.split("@")[1]) for k in results[names[0]] if k.startswith("avg@"))
+    avg_name, pass_name = _metric_names(n)
+    lines = [
+        f"| Benchmark | Problems | Avg@{n} | Pass@{n} | Len | Truncated |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        r = results[name]
+        title = "Mean" if name == "mean" else BENCHMARKS[name].title if name in BENCHMARKS else name
+        lines.append(
+            f"| {title} | {r['n_problems']} | {100 * r[avg_name]:.1f} | {100 * r[pass_name]:.1f} "
+            f"| {r['mean_length']:.0f} | {100 * r['truncated_frac']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(
+    out_dir: str | Path, results: dict, samples: list[dict], config: EvalConfig | None = None
+) -> None:
+    """OUT/results.json, OUT/samples.jsonl (and OUT/config.json when given), each written atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    _write_atomic(
+        out_dir / "samples.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples)
+    )
+    if config is not None:
+        _write_atomic(out_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
