@@ -1,0 +1,112 @@
+"""How the sampled-token step's extra memory grows with the vocabulary V and the response length T.
+
+For every (V, T) in the grid, ``power_sampled`` (our path) and ``naive_sampled`` (the paper repo's recipe)
+each run in a fresh process through ``step_bench.py`` (one warm-up step, then ``--repeats`` measured
+steps); the peak memory above the step's start is plotted against T, one line per V.
+
+    python benchmarks/scaling.py --json scaling.json --png scaling.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import step_bench  # noqa: E402
+
+MODES = ("power_sampled", "naive_sampled")
+
+
+def sweep(vocabs: list[int], seqs: list[int], base: step_bench.BenchConfig) -> list[dict]:
+    rows = []
+    for vocab in vocabs:
+        for seq in seqs:
+            cfg = step_bench.BenchConfig(**{**step_bench.asdict(base), "vocab": vocab, "seq": seq})
+            result = step_bench.bench(cfg, list(MODES), echo=False)
+            row = {"vocab": vocab, "seq": seq, "positions": cfg.batch * seq}
+            for mode, m in result["modes"].items():
+                row[f"{mode}_peak_mb"] = m.get("peak_mb")
+                row[f"{mode}_time_s"] = m.get("time_s")
+                if "error" in m:
+                    row[f"{mode}_error"] = m["error"]
+            rows.append(row)
+            print(format_row(row), file=sys.stderr)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    ours, naive = row.get("power_sampled_peak_mb"), row.get("naive_sampled_peak_mb")
+    ratio = f"{ours / naive:.2f}" if ours and naive else "-"
+    return f"| {row['vocab']:,} | {row['seq']} | {row['positions']} | {ours or float('nan'):.0f} | {naive or float('nan'):.0f} | {ratio} |"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (
+        "| V | T | positions (B·T) | power_sampled MB | naive_sampled MB | ratio |\n|---|---|---|---|---|---|"
+    )
+    return "\n".join([head, *(format_row(r) for r in rows)])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    vocabs = sorted({r["vocab"] for r in rows})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for color, vocab in zip(colors, vocabs):
+        cells = sorted((r for r in rows if r["vocab"] == vocab), key=lambda r: r["seq"])
+        seqs = [r["seq"] for r in cells]
+        for mode, style in (("power_sampled", "-o"), ("naive_sampled", "--s")):
+            ax.plot(
+                seqs, [r[f"{mode}_peak_mb"] for r in cells], style, color=color, label=f"{mode}, V={vocab:,}"
+            )
+    ax.set_xlabel("response tokens T per rollout")
+    ax.set_ylabel("peak memory above step start (MB)")
+    ax.set_yscale("log")
+    ax.set_xticks(sorted({r["seq"] for r in rows}))
+    ax.set_title("Extra memory of one sampled-token OPD step (CPU RSS)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--vocabs", type=int, nargs="+", default=[8192, 32768, step_bench.QWEN3_VOCAB])
+    p.add_argument("--seqs", type=int, nargs="+", default=[128, 256, 512])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--chunk-size", type=int, default=128, help="our path's positions per chunk")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--student-shape", default="bench-student", choices=tuple(step_bench.SHAPES))
+    p.add_argument("--teacher-shape", default="bench-teacher", choices=tuple(step_bench.SHAPES))
+    p.add_argument("--json", type=Path, required=True, help="write the grid's results here")
+    p.add_argument("--png", type=Path, required=True, help="write the plot here")
+    args = p.parse_args(argv)
+    base = step_bench.BenchConfig(
+        batch=args.batch,
+        prompt_len=args.prompt_len,
+        chunk_size=args.chunk_size,
+        repeats=args.repeats,
+        student_shape=args.student_shape,
+        teacher_shape=args.teacher_shape,
+    )
+    rows = sweep(args.vocabs, args.seqs, base)
+    print(format_table(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"config": step_bench.asdict(base), "rows": rows}, indent=2))
+    plot(rows, args.png)
+    return 1 if any(k.endswith("_error") for r in rows for k in r) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""benchmarks/step_bench.py: every mode runs and reports; our paths equal the naive recipes they replace."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "step_bench.py"
+
+
+def _load_step_bench():
+    spec = importlib.util.spec_from_file_location("step_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("step_bench", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+sb = _load_step_bench()
+# 3 rows × 7 positions in chunks of 4: chunks straddle rows; odd rows stop early, prompts are left-padded.
+# One thread: on a busy 2-core machine, 2 OpenMP threads make these tiny steps ~20× slower.
+TINY = sb.BenchConfig(
+    vocab=96,
+    batch=3,
+    seq=7,
+    prompt_len=5,
+    repeats=1,
+    warmup=1,
+    chunk_size=4,
+    student_shape="tiny",
+    teacher_shape="tiny",
+    threads=1,
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()  # build_context sets the process-wide thread count
+    yield
+    torch.set_num_threads(threads)
+
+
+def _loss_and_grads(mode: str, ctx) -> tuple[float, dict[str, torch.Tensor]]:
+    ctx.student.zero_grad(set_to_none=True)
+    loss = sb.MODES[mode].update(ctx, sb.MODES[mode].score(ctx))
+    return loss, {n: p.grad.clone() for n, p in ctx.student.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    ("ours", "naive"), [("power_sampled", "naive_sampled"), ("full_kl_chunked", "full_kl_naive")]
+)
+def test_our_path_gives_the_naive_loss_and_gradient(ours, naive):
+    ctx = sb.build_context(TINY)
+    assert ctx.rollouts.loss_mask().sum() < TINY.batch * TINY.seq  # some padding is masked out
+    loss_ours, grads_ours = _loss_and_grads(ours, ctx)
+    loss_naive, grads_naive = _loss_and_grads(naive, ctx)
+    assert loss_ours == pytest.approx(loss_naive, rel=1e-5, abs=1e-7)
+    assert grads_ours.keys() == grads_naive.keys()
+    assert "lm_head.weight" in grads_ours
+    for name, grad in grads_ours.items():
+        torch.testing.assert_close(grad, grads_naive[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("mode", sb.MODE_NAMES)
+def test_worker_reports_time_and_memory(mode):
+    result = sb.run_worker(mode, TINY)
+    assert {
+        "time_s",
+        "peak_mb",
+        "score_s",
+        "update_s",
+        "times",
+        "peaks_mb",
+        "losses",
+        "cpu_s",
+    } <= result.keys()
+    assert len(result["times"]) == TINY.repeats
+    assert result["time_s"] > 0 and result["peak_mb"] >= 0
+    json.dumps(result)
+
+
+def test_targets_compare_ratios_with_bounds():
+    modes = {
+        "power_sampled": {"time_s": 1.0, "peak_mb": 10.0},
+        "naive_sampled": {"time_s": 2.0, "peak_mb": 15.0},
+        "full_kl_naive": {"time_s": 3.0, "peak_mb": 100.0},
+        "full_kl_chunked": {"error": "worker exited with 1"},
+    }
+    rows = {(r["ref"], r["metric"]): r for r in sb.target_rows(modes)}
+    assert rows["naive_sampled", "time_s"]["pass"] and not rows["naive_sampled", "peak_mb"]["pass"]
+    assert rows["full_kl_naive", "peak_mb"]["ratio"] == pytest.approx(0.1)
+    assert len(rows) == 4  # the failed mode's target is left out, not crashed on
+
+
+@pytest.mark.slow
+def test_cli_runs_each_mode_in_a_fresh_process(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH),
+            "--dry-run",
+            "--threads",
+            "1",
+            "--modes",
+            "power_sampled",
+            "naive_sampled",
+        ]
+        + ["--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["config"]["vocab"] == 512
+    assert set(result["modes"]) == {"power_sampled", "naive_sampled"}
+    for m in result["modes"].values():
+        assert {"time_s", "peak_mb", "times"} <= m.keys()
+    assert "PASS" in proc.stdout or "FAIL" in proc.stdout
