@@ -1,10 +1,20 @@
 """The surrogate's gradient, chunked log-probs and chunked KL against exact references."""
 
+import functools
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from poweropd.logprobs import chunked_token_logprobs, selected_logprobs_from_logits
-from poweropd.losses import chunked_reverse_kl, full_kl_loss, policy_gradient_loss, reverse_kl_per_token
+from poweropd.losses import (
+    chunked_reverse_kl,
+    full_kl_loss,
+    fused_policy_gradient_loss,
+    policy_gradient_loss,
+    reverse_kl_per_token,
+)
+from poweropd.rewards import REWARDS
 
 
 def _layers(seed=0, hidden=16, vocab=37, extra_teacher_rows=5):
@@ -48,7 +58,7 @@ def test_chunked_logprobs_equal_full_log_softmax_in_value_and_gradient():
     student.weight.grad = None
 
     logp_BT, entropy_BT = chunked_token_logprobs(
-        student, hidden_BTH, tokens_BT, temperature=0.7, chunk_size=4
+        student, hidden_BTH, tokens_BT, temperature=0.7, chunk_size=4, with_entropy=True
     )
     (logp_BT * weights_BT).sum().backward()
     torch.testing.assert_close(logp_BT, ref_BT)
@@ -130,3 +140,92 @@ def test_full_kl_gradient_is_the_analytic_kl_gradient():
     kl.sum().backward()
     p, logq = F.softmax(z.detach(), -1), F.log_softmax(t, -1)
     torch.testing.assert_close(z.grad, p * (p.log() - logq - kl.detach()[..., None]))
+
+
+@pytest.mark.parametrize("with_entropy", [False, True], ids=["hand-written backward", "checkpointed"])
+def test_both_logprob_paths_match_log_softmax_gradients(with_entropy):
+    student, _ = _layers(seed=3)
+    hidden_BTH = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    student = student.double()
+    tokens_BT = torch.randint(0, 37, (2, 5))
+    weights_BT = torch.randn(2, 5, dtype=torch.float64)
+    ref_BT = F.log_softmax(student(hidden_BTH), -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
+    ref_grads = torch.autograd.grad((ref_BT * weights_BT).sum(), (hidden_BTH, student.weight))
+    logp_BT, entropy_BT = chunked_token_logprobs(
+        student, hidden_BTH, tokens_BT, chunk_size=3, with_entropy=with_entropy
+    )
+    grads = torch.autograd.grad((logp_BT * weights_BT).sum(), (hidden_BTH, student.weight))
+    assert (entropy_BT is None) != with_entropy
+    torch.testing.assert_close(logp_BT.double(), ref_BT, atol=1e-6, rtol=0)
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("reward", ["log_ratio", "clip", "tanh", "power"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_policy_gradient_equals_logprobs_then_surrogate(reward, temperature):
+    student, _ = _layers(seed=4)
+    hidden_BTH = torch.randn(3, 7, 16, requires_grad=True)
+    tokens_BT = torch.randint(0, 37, (3, 7))
+    teacher_logp_BT = (
+        torch.log_softmax(torch.randn(3, 7, 37), -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
+    )
+    mask_BT = torch.rand(3, 7) > 0.25
+    reward_fn = functools.partial(REWARDS[reward], alpha=0.5) if reward == "power" else REWARDS[reward]
+    n = int(mask_BT.sum())
+
+    logits_BTV = student(hidden_BTH) / temperature
+    ref_logp_BT = F.log_softmax(logits_BTV, -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
+    ref_reward_BT = reward_fn(teacher_logp_BT, ref_logp_BT.detach(), mask_BT)
+    ref_loss, _ = policy_gradient_loss(ref_logp_BT, ref_reward_BT, mask_BT, num_tokens=n)
+    ref_grads = torch.autograd.grad(ref_loss, (hidden_BTH, student.weight))
+
+    loss, logp_BT, reward_BT = fused_policy_gradient_loss(
+        student,
+        hidden_BTH,
+        tokens_BT,
+        teacher_logp_BT,
+        mask_BT,
+        reward_fn,
+        num_tokens=n,
+        temperature=temperature,
+        chunk_size=4,
+    )
+    grads = torch.autograd.grad(loss, (hidden_BTH, student.weight))
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(logp_BT, ref_logp_BT.detach())
+    torch.testing.assert_close(reward_BT, ref_reward_BT)
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got, ref)
+    assert not logp_BT.requires_grad and not reward_BT.requires_grad
+
+
+def test_fused_policy_gradient_accumulates_into_a_tied_embedding():
+    torch.manual_seed(5)
+    embed = torch.nn.Embedding(11, 8)
+    head = torch.nn.Linear(8, 11, bias=False)
+    head.weight = embed.weight  # tied, as in SmolLM2 and the demo's models
+    ids_BT = torch.randint(0, 11, (2, 4))
+    tokens_BT = torch.randint(0, 11, (2, 4))
+    teacher_logp_BT = torch.full((2, 4), -2.0)
+    mask_BT = torch.ones(2, 4, dtype=torch.bool)
+
+    def run(fused):
+        embed.zero_grad(set_to_none=True)
+        hidden_BTH = torch.tanh(embed(ids_BT))
+        if fused:
+            loss, _, _ = fused_policy_gradient_loss(
+                head, hidden_BTH, tokens_BT, teacher_logp_BT, mask_BT, REWARDS["log_ratio"], num_tokens=8
+            )
+        else:
+            logp_BT = F.log_softmax(head(hidden_BTH), -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
+            loss, _ = policy_gradient_loss(
+                logp_BT,
+                REWARDS["log_ratio"](teacher_logp_BT, logp_BT.detach(), mask_BT),
+                mask_BT,
+                num_tokens=8,
+            )
+        loss.backward()
+        return embed.weight.grad.clone()
+
+    torch.testing.assert_close(run(True), run(False))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer
+from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer, chunk_logits, compute_dtype_for, is_plain_linear
 
 
 def policy_gradient_loss(
@@ -27,6 +27,112 @@ def policy_gradient_loss(
     weighted_BT = torch.where(mask_BT, reward_BT.detach().float() * student_logp_BT.float(), 0.0)
     loss = -weighted_BT.sum() / num_tokens
     return loss, {"loss/pg": loss.detach()}
+
+
+class _FusedLinearPolicyGradient(torch.autograd.Function):
+    """The surrogate with a bias-free linear output layer inside, its gradient built during the forward pass.
+
+    For a per-token reward r_t = f(log π_T(o_t), log π_S(o_t)), ∂L/∂logits_t = −(r_t / N)(onehot(o_t) − π_t)/τ
+    is known as soon as a chunk's logits exist, so they are never recomputed: three matmuls per position
+    (logits, ∂hidden, ∂W) instead of the four of a forward pass followed by backpropagation.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        hidden_NH,
+        weight_VH,
+        tokens_N,
+        teacher_logp_N,
+        mask_N,
+        reward_fn,
+        num_tokens,
+        temperature,
+        chunk,
+        dtype,
+    ):
+        hidden_c, weight_c = hidden_NH.to(dtype), weight_VH.to(dtype)
+        N = hidden_NH.shape[0]
+        logp_N = torch.empty(N, dtype=torch.float32, device=hidden_NH.device)
+        reward_N = torch.empty_like(logp_N)
+        need_hidden, need_weight = ctx.needs_input_grad[:2]
+        grad_hidden_NH = torch.empty_like(hidden_c) if need_hidden else None
+        grad_weight_VH = (
+            torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
+            if need_weight
+            else None
+        )
+        for s in range(0, N, chunk):
+            h_nH, tokens_n, mask_n = (
+                hidden_c[s : s + chunk],
+                tokens_N[s : s + chunk, None],
+                mask_N[s : s + chunk],
+            )
+            logits_nV = chunk_logits(h_nH, weight_c, temperature)
+            logz_n = torch.logsumexp(logits_nV, dim=-1)
+            logp_n = logits_nV.gather(-1, tokens_n).squeeze(-1) - logz_n
+            reward_n = reward_fn(teacher_logp_N[None, s : s + chunk], logp_n[None], mask_n[None])[0]
+            logp_N[s : s + chunk], reward_N[s : s + chunk] = logp_n, reward_n
+            g_n = torch.where(mask_n, -reward_n / num_tokens, 0.0)  # ∂L/∂log π_S(o_t)
+            # ∂log π/∂logits = (onehot − softmax)/τ, built in the logits buffer
+            grad_nV = logits_nV.sub_(logz_n[:, None]).exp_().mul_(-g_n[:, None])
+            grad_nV.scatter_add_(-1, tokens_n, g_n[:, None])
+            if temperature != 1.0:
+                grad_nV.div_(temperature)
+            grad_nV = grad_nV.to(dtype)
+            if need_hidden:
+                grad_hidden_NH[s : s + chunk] = grad_nV @ weight_c
+            if need_weight:
+                grad_weight_VH.add_((grad_nV.T @ h_nH).float())
+        loss = -torch.where(mask_N, reward_N * logp_N, 0.0).sum() / num_tokens
+        ctx.save_for_backward(grad_hidden_NH, grad_weight_VH)
+        ctx.input_dtypes = (hidden_NH.dtype, weight_VH.dtype)
+        ctx.mark_non_differentiable(logp_N, reward_N)
+        return loss, logp_N, reward_N
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_logp, _grad_reward):
+        grad_hidden_NH, grad_weight_VH = ctx.saved_tensors
+        hidden_dtype, weight_dtype = ctx.input_dtypes
+        grad_hidden = (grad_hidden_NH * grad_loss).to(hidden_dtype) if grad_hidden_NH is not None else None
+        grad_weight = (grad_weight_VH * grad_loss).to(weight_dtype) if grad_weight_VH is not None else None
+        return grad_hidden, grad_weight, *([None] * 8)
+
+
+def fused_policy_gradient_loss(
+    output_layer: torch.nn.Linear,
+    hidden_BTH: Tensor,
+    tokens_BT: Tensor,
+    teacher_logp_BT: Tensor,
+    mask_BT: Tensor,
+    reward_fn,
+    *,
+    num_tokens: int | float,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``policy_gradient_loss`` of a per-token reward, fused with a bias-free linear output layer.
+
+    Returns (loss, student_logp_BT, reward_BT), the last two detached. Same loss and gradient as computing
+    log π_S with ``chunked_token_logprobs`` and calling ``policy_gradient_loss`` (a test checks it), at
+    three instead of four vocabulary-sized matmuls per position. ``reward_fn`` must be per-token (not zscore).
+    """
+    if not is_plain_linear(output_layer):
+        raise ValueError("fused_policy_gradient_loss: expected a bias-free torch.nn.Linear output layer")
+    B, T, H = hidden_BTH.shape
+    loss, logp_N, reward_N = _FusedLinearPolicyGradient.apply(
+        hidden_BTH.reshape(B * T, H),
+        output_layer.weight,
+        tokens_BT.reshape(B * T),
+        teacher_logp_BT.reshape(B * T).float(),
+        mask_BT.reshape(B * T).bool(),
+        reward_fn,
+        num_tokens,
+        temperature,
+        chunk_size,
+        compute_dtype_for(hidden_BTH),
+    )
+    return loss, logp_N.view(B, T), reward_N.view(B, T)
 
 
 def reverse_kl_per_token(student_logits_BTV: Tensor, teacher_logits_BTV: Tensor) -> Tensor:
@@ -104,7 +210,9 @@ def chunked_reverse_kl(
     return torch.cat(kls).view(B, T), torch.cat(logps).view(B, T)
 
 
-def full_kl_loss(kl_BT: Tensor, mask_BT: Tensor, *, num_tokens: int | float) -> tuple[Tensor, dict[str, Tensor]]:
+def full_kl_loss(
+    kl_BT: Tensor, mask_BT: Tensor, *, num_tokens: int | float
+) -> tuple[Tensor, dict[str, Tensor]]:
     """L = Σ_t KL_t / N over valid tokens: full-vocabulary OPD, differentiated exactly (no sampling noise)."""
     loss = torch.where(mask_BT.bool(), kl_BT, 0.0).sum() / num_tokens
     return loss, {"loss/full_kl": loss.detach()}

@@ -18,8 +18,10 @@ Where we depart from the paper's code (EIT-NLP/PowerOPD, a fork of TRL's GOLD tr
 - The student runs once per micro-batch: rewards reuse its log-probs (the paper's code runs it three
   times). Exception: ``zscore`` with gradient accumulation needs batch-wide statistics before the first
   backward pass, so it takes one extra no-grad student pass over the batch.
-- Log-probs come from the decoder's hidden states through the output layer in chunks under checkpointing,
-  never from a B×T×V float32 log_softmax (see logprobs.py); ``full_kl`` is the same exact KL, chunked.
+- Log-probs come from the decoder's hidden states through the output layer in chunks, never from a
+  B×T×V float32 log_softmax (see logprobs.py). For per-token rewards the output layer and the surrogate
+  are one fused op whose gradient is built during the forward pass (losses.fused_policy_gradient_loss):
+  three vocabulary-sized matmuls per position instead of four. ``full_kl`` is the exact KL, chunked.
 - Data parallelism all-reduces gradients explicitly (sum of per-process ``Σ/N_global`` losses) instead
   of wrapping the student in DDP, because the forward pass calls the decoder body and the output layer
   separately.
@@ -48,8 +50,8 @@ from torch import Tensor
 from .config import TrainConfig
 from .data import encode_prompts, read_jsonl
 from .errors import UserError
-from .logprobs import chunked_token_logprobs
-from .losses import chunked_reverse_kl, full_kl_loss, policy_gradient_loss
+from .logprobs import chunked_token_logprobs, is_plain_linear
+from .losses import chunked_reverse_kl, full_kl_loss, fused_policy_gradient_loss, policy_gradient_loss
 from .models import (
     check_pair,
     load_causal_lm,
@@ -279,6 +281,21 @@ def compute_gradients(
                 )
                 loss, _ = full_kl_loss(kl_BT, mask_BT[s], num_tokens=num_tokens)
                 reward_BT = torch.where(mask_BT[s], -kl_BT.detach(), 0.0)
+            elif not objective.needs_batch_statistics and is_plain_linear(output_layer(student)):
+                hidden_BTH = response_hidden_states(
+                    student, mb.input_ids_BL, mb.attention_mask_BL, mb.prompt_len
+                )
+                loss, logp_BT, reward_BT = fused_policy_gradient_loss(
+                    output_layer(student),
+                    hidden_BTH,
+                    mb.response_ids_BT,
+                    teacher_logp_BT[s],
+                    mask_BT[s],
+                    objective.reward_fn,
+                    num_tokens=num_tokens,
+                    temperature=temperature,
+                    chunk_size=chunk_size,
+                )
             else:
                 logp_BT = _student_logprobs(student, mb, temperature=temperature, chunk_size=chunk_size)
                 if precomputed_reward_BT is not None:
