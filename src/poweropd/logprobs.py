@@ -47,6 +47,15 @@ def chunk_logits(hidden_nH: Tensor, weight_VH: Tensor, temperature: float) -> Te
     return logits_nV.div_(temperature) if temperature != 1.0 else logits_nV
 
 
+def exp_normalize_(logits_nV: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Turns a float32 logits buffer into exp(logits − max) in place; returns (that buffer, logsumexp_n,
+    sum_n1). softmax = buffer / sum_n1. One exp pass and no V-sized temporary (torch.logsumexp makes one)."""
+    max_n1 = logits_nV.amax(-1, keepdim=True)
+    exp_nV = logits_nV.sub_(max_n1).exp_()
+    sum_n1 = exp_nV.sum(-1, keepdim=True)
+    return exp_nV, (max_n1 + sum_n1.log()).squeeze(-1), sum_n1
+
+
 class _LinearTokenLogprob(torch.autograd.Function):
     """log softmax(h Wᵀ / τ)[token] for a bias-free linear output layer, ``chunk`` positions at a time.
 
@@ -61,8 +70,8 @@ class _LinearTokenLogprob(torch.autograd.Function):
         logp_N = torch.empty_like(logz_N)
         for s in range(0, hidden_NH.shape[0], chunk):
             logits_nV = chunk_logits(hidden_NH[s : s + chunk], weight_VH, temperature)
-            logz_N[s : s + chunk] = torch.logsumexp(logits_nV, dim=-1)
             picked_n = logits_nV.gather(-1, tokens_N[s : s + chunk, None]).squeeze(-1)
+            logz_N[s : s + chunk] = exp_normalize_(logits_nV)[1]
             logp_N[s : s + chunk] = picked_n - logz_N[s : s + chunk]
         ctx.save_for_backward(hidden_NH, weight_VH, tokens_N, logz_N)
         ctx.temperature, ctx.chunk = temperature, chunk

@@ -13,7 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer, chunk_logits, compute_dtype_for, is_plain_linear
+from .logprobs import (
+    DEFAULT_CHUNK_SIZE,
+    OutputLayer,
+    chunk_logits,
+    compute_dtype_for,
+    exp_normalize_,
+    is_plain_linear,
+)
 
 
 def policy_gradient_loss(
@@ -69,20 +76,24 @@ class _FusedLinearPolicyGradient(torch.autograd.Function):
                 mask_N[s : s + chunk],
             )
             logits_nV = chunk_logits(h_nH, weight_c, temperature)
-            logz_n = torch.logsumexp(logits_nV, dim=-1)
-            logp_n = logits_nV.gather(-1, tokens_n).squeeze(-1) - logz_n
+            picked_n = logits_nV.gather(-1, tokens_n).squeeze(-1)
+            # One exp pass, in place: the buffer goes logits → exp(logits − max) → the logits' gradient.
+            exp_nV, logz_n, sum_n1 = exp_normalize_(logits_nV)
+            logp_n = picked_n - logz_n
             reward_n = reward_fn(teacher_logp_N[None, s : s + chunk], logp_n[None], mask_n[None])[0]
             logp_N[s : s + chunk], reward_N[s : s + chunk] = logp_n, reward_n
             g_n = torch.where(mask_n, -reward_n / num_tokens, 0.0)  # ∂L/∂log π_S(o_t)
-            # ∂log π/∂logits = (onehot − softmax)/τ, built in the logits buffer
-            grad_nV = logits_nV.sub_(logz_n[:, None]).exp_().mul_(-g_n[:, None])
+            # ∂log π/∂logits = (onehot − softmax)/τ, with softmax = exp / sum
+            grad_nV = exp_nV.mul_(-g_n[:, None] / sum_n1)
             grad_nV.scatter_add_(-1, tokens_n, g_n[:, None])
             if temperature != 1.0:
                 grad_nV.div_(temperature)
             grad_nV = grad_nV.to(dtype)
             if need_hidden:
                 grad_hidden_NH[s : s + chunk] = grad_nV @ weight_c
-            if need_weight:
+            if need_weight and dtype == torch.float32:
+                grad_weight_VH.addmm_(grad_nV.T, h_nH)
+            elif need_weight:
                 grad_weight_VH.add_((grad_nV.T @ h_nH).float())
         loss = -torch.where(mask_N, reward_N * logp_N, 0.0).sum() / num_tokens
         ctx.save_for_backward(grad_hidden_NH, grad_weight_VH)
