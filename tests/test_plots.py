@@ -283,13 +283,31 @@ def test_prune_cli_round_trip(tiny_pair, tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(pruned(ids_BL).logits, prune_layers(teacher, [0, 2])(ids_BL).logits)
 
+    capsys.readouterr()
+    fresh = out.with_name("pruned-again")
     assert (
         main(
-            ["prune", "--model", str(tiny_pair / "teacher"), "--keep-layers", "0-3", "--output-dir", str(out)]
+            [
+                "prune",
+                "--model",
+                str(tiny_pair / "teacher"),
+                "--keep-layers",
+                "0-3",
+                "--output-dir",
+                str(fresh),
+            ]
         )
         == 2
     )
-    assert "has 3 layers" in capsys.readouterr().err
+    assert "has 3 layers" in capsys.readouterr().err and not fresh.exists()
+    # an existing model is never overwritten
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert (
+        main(["prune", "--model", str(tiny_pair / "teacher"), "--keep-layers", "0", "--output-dir", str(out)])
+        == 2
+    )
+    assert "already exists" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_diagnose_bad_inputs(tiny_pair, tmp_path, capsys):

@@ -10,7 +10,9 @@ from .errors import UserError
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
-def read_jsonl(path: str | Path, *, required: tuple[str, ...] = ("problem",), what: str = "--data") -> list[dict]:
+def read_jsonl(
+    path: str | Path, *, required: tuple[str, ...] = ("problem",), what: str = "--data"
+) -> list[dict]:
     """Rows of a JSONL file; each must be a JSON object with the ``required`` string fields.
 
     Errors name the file and line: ``--data x.jsonl:17: expected a JSON object ...``.
@@ -26,7 +28,9 @@ def read_jsonl(path: str | Path, *, required: tuple[str, ...] = ("problem",), wh
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UserError(f"{what} {path}:{lineno}: expected one JSON object per line ({err.msg})") from None
+                raise UserError(
+                    f"{what} {path}:{lineno}: expected one JSON object per line ({err.msg})"
+                ) from None
             if not isinstance(row, dict):
                 raise UserError(f"{what} {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             for field in required:

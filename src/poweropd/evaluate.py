@@ -40,7 +40,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 @dataclass(frozen=True)
 class EvalConfig:
     benchmarks: tuple[str, ...] = ("math500",)
-    """Benchmark names (keys of benchmarks.BENCHMARKS); informational for evaluate_model, used by the CLI."""
+    """Names of the problem sets (the CLI resolves them against benchmarks.BENCHMARKS; the demo evaluates its
+    own task); informational for evaluate_model."""
     n: int = 8
     """Samples per problem: the paper's Avg@8 / Pass@8."""
     temperature: float = 0.6
@@ -65,7 +66,7 @@ class EvalConfig:
             len(self.benchmarks) > 0, "benchmarks", "--benchmarks", "at least one benchmark", self.benchmarks
         )
         for name in self.benchmarks:
-            need(name in BENCHMARKS, "benchmarks", "--benchmarks", f"one of {', '.join(BENCHMARKS)}", name)
+            need(bool(name), "benchmarks", "--benchmarks", "non-empty names", name)
         need(self.n >= 1, "n", "--n", "an integer >= 1", self.n)
         need(self.temperature >= 0, "temperature", "--temperature", "a number >= 0", self.temperature)
         need(0 < self.top_p <= 1, "top_p", "--top-p", "a number in (0, 1]", self.top_p)

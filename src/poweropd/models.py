@@ -46,21 +46,33 @@ def load_tokenizer(name: str, what: str = "--model"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise UserError(f"{what} {name}: expected a Hugging Face model id or a folder with a tokenizer ({_first_line(err)})") from None
+        raise UserError(
+            f"{what} {name}: expected a Hugging Face model id or a folder with a tokenizer ({_first_line(err)})"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_causal_lm(name: str, *, dtype: str = "float32", device: str | torch.device = "cpu", what: str = "--model"):
+def load_causal_lm(
+    name: str, *, dtype: str = "float32", device: str | torch.device = "cpu", what: str = "--model"
+):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError) as err:
-        raise UserError(f"{what} {name}: expected a Hugging Face causal LM id or folder ({_first_line(err)})") from None
+        raise UserError(
+            f"{what} {name}: expected a Hugging Face causal LM id or folder ({_first_line(err)})"
+        ) from None
     return model.to(device)
+
+
+def save_model(model, tokenizer, folder: str | Path) -> None:
+    """save_pretrained of a model (safetensors) and its tokenizer into one folder, loadable by name."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
 
 
 def _first_line(err: BaseException) -> str:
@@ -89,7 +101,9 @@ def check_pair(student_tokenizer, teacher_tokenizer, *, student: str, teacher: s
     if student_vocab != teacher_vocab:
         only_s = len(student_vocab.keys() - teacher_vocab.keys())
         only_t = len(teacher_vocab.keys() - student_vocab.keys())
-        moved = sum(1 for k in student_vocab.keys() & teacher_vocab.keys() if student_vocab[k] != teacher_vocab[k])
+        moved = sum(
+            1 for k in student_vocab.keys() & teacher_vocab.keys() if student_vocab[k] != teacher_vocab[k]
+        )
         raise UserError(
             f"--student {student} / --teacher {teacher}: expected tokenizers with the same vocabulary and ids "
             f"(student {len(student_vocab)} tokens, teacher {len(teacher_vocab)}; {only_s} only in student, "

@@ -134,7 +134,9 @@ class HFSampler:
         return build_rollouts(out_BL, mask_BP, cfg.stop_token_ids, self.pad_token_id)
 
 
-def build_rollouts(sequences_BL: Tensor, prompt_mask_BP: Tensor, stop_token_ids, pad_token_id: int) -> Rollouts:
+def build_rollouts(
+    sequences_BL: Tensor, prompt_mask_BP: Tensor, stop_token_ids, pad_token_id: int
+) -> Rollouts:
     prompt_len = prompt_mask_BP.shape[1]
     response_BT = sequences_BL[:, prompt_len:]
     if response_BT.shape[1] == 0:  # max_new_tokens=0 or every prompt stopped at once: keep one column

@@ -9,16 +9,16 @@ Layout of ``DIR``::
     checkpoints/step-N/      student (safetensors) + tokenizer + optimizer.pt, scheduler.pt, rng.pt, state.json
     final/                   the trained student (save_pretrained) and its tokenizer
 
-Checkpoints are written to ``step-N.tmp`` and renamed, so a run killed mid-save leaves no half checkpoint.
+Checkpoints are written to a temporary sibling folder and renamed, so a run killed mid-save leaves no half checkpoint.
 Only the main process writes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ import torch
 
 from .config import TrainConfig, write_yaml
 from .errors import UserError
+from .fsutil import atomic_folder
+from .models import save_model
 
 
 def _jsonable(value: Any) -> Any:
@@ -114,28 +116,20 @@ class RunDir:
         final = self.path / "checkpoints" / f"step-{step}"
         if not self.is_main:
             return final
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        return final
+
+        def write(tmp: Path) -> None:
+            save_model(model, tokenizer, tmp)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
+            (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+
+        return atomic_folder(final, write, replace=True)
 
     def save_final(self, model, tokenizer) -> Path:
         final = self.path / "final"
         if self.is_main:
-            tmp = final.with_name("final.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            atomic_folder(final, functools.partial(save_model, model, tokenizer), replace=True)
         return final
 
 

@@ -7,14 +7,13 @@ It is the one real pretrained chat model that works without network access.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from .errors import UserError
-from .models import ALIASES, cache_dir
+from .fsutil import atomic_folder
+from .models import ALIASES, cache_dir, save_model
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_EOS = "<|im_end|>"
@@ -72,19 +71,7 @@ def convert_gguf(gguf_path: Path, target: Path, *, eos_token: str) -> None:
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only; the cache may be shared
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():  # not a concurrent conversion that finished first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_folder(target, functools.partial(save_model, model, tokenizer))
 
 
 ALIASES["smollm2-135m-instruct"] = smollm2_135m_instruct

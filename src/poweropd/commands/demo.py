@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--methods", metavar="LIST", help="comma-separated method ids, e.g. log_ratio,power@10,full_kl")
     a("--seeds", type=int, default=1, metavar="K", help="runs per method; results are mean ± std (default 1)")
     a("--steps", type=int, metavar="N", help="optimizer steps per run")
+    a("--lr", type=float, metavar="LR", help="OPD learning rate of every run")
+    a("--batch-size", type=int, metavar="B", help="rollouts per OPD step")
     a("--output-dir", default="demo", metavar="DIR", help="where results go (default ./demo)")
     a("--no-progress", action="store_true", help="no progress bars")
 
@@ -27,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"output_dir": args.output_dir, "seeds": args.seeds}
     if args.methods:
         overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    if args.steps:
-        overrides["steps"] = args.steps
+    for name in ("steps", "lr", "batch_size"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
     results = run_demo(cfg, progress=not args.no_progress)
     print(results_table(results))

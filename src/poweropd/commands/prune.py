@@ -7,6 +7,7 @@ The result loads with `from_pretrained` and serves as a (degenerate, unhealed) s
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 
@@ -29,20 +30,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..models import load_causal_lm, load_tokenizer
+    from ..fsutil import atomic_folder
+    from ..models import load_causal_lm, load_tokenizer, save_model
     from ..prune import parse_layer_spec, prune_layers
 
-    if args.output_dir.exists() and not args.output_dir.is_dir():
-        raise UserError(f"--output-dir {args.output_dir}: expected a folder, found a file")
+    if args.output_dir.exists() and (not args.output_dir.is_dir() or any(args.output_dir.iterdir())):
+        raise UserError(f"--output-dir {args.output_dir}: already exists (expected a new or empty folder)")
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, dtype=args.dtype)
     num_layers = model.config.num_hidden_layers
     keep = parse_layer_spec(args.keep_layers, num_layers)
     pruned = prune_layers(model, keep)
     del model
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    pruned.save_pretrained(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
+    if args.output_dir.exists():
+        args.output_dir.rmdir()  # empty (checked above): atomic_folder renames a finished folder into place
+    atomic_folder(args.output_dir, functools.partial(save_model, pruned, tokenizer))
     params = sum(p.numel() for p in pruned.parameters())
     print(f"kept layers {keep} of {num_layers} ({params / 1e6:.1f}M parameters) -> {args.output_dir}")
     return 0
