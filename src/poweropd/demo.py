@@ -53,9 +53,10 @@ class DemoConfig:
     """Optimizer steps per run."""
     batch_size: int = 64
     """Rollouts per step."""
-    lr: float = 1e-4
-    """AdamW learning rate (tiny models take a larger one than the paper's 5e-7; 2e-3 wrecked every method
-    within 20 steps, 3e-4 was unstable, 1e-4 improved them)."""
+    lr: float = 3e-4
+    """AdamW learning rate (tiny models take a larger one than the paper's 5e-7). Measured over 100 steps
+    (full_kl / power@1 / log_ratio Avg@8 from a 0.098 student): 3e-4 gave 0.207 / 0.120 / 0.120; 2e-3 wrecked
+    every method within 20 steps."""
     max_new_tokens: int = 48
     """Rollout cap; the longest reference response is 36 tokens."""
     eval_every: int = 20
@@ -346,13 +347,10 @@ def claims(results: dict, out: Path) -> dict:
         wins = {b: methods[best][acc] - methods[b][acc] for b in beats}
         kl_gap = methods[best][acc] - methods["full_kl"][acc] if "full_kl" in methods else None
         if beats or kl_gap is not None:
-            holds = all(w > noise for w in wins.values()) and (kl_gap is None or kl_gap >= -noise)
-            unclear = any(abs(w) <= noise for w in wins.values()) or (
-                kl_gap is not None and abs(kl_gap) <= noise
-            )
-            verdict = (
-                _verdict(True) if holds and not unclear else _verdict(None) if unclear else _verdict(False)
-            )
+            # "beats" needs a margin above the noise; "matches" full KL means not below it by more than the noise
+            fails = any(w < -noise for w in wins.values()) or (kl_gap is not None and kl_gap < -noise)
+            unclear = any(abs(w) <= noise for w in wins.values())
+            verdict = _verdict(False) if fails else _verdict(None) if unclear else _verdict(True)
             c["C4"] = {
                 "claim": "PowerOPD (best α) beats vanilla and every post-hoc baseline, and matches or beats full-vocabulary KL",
                 "verdict": verdict,
