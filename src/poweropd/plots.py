@@ -258,8 +258,8 @@ def eval_keys(runs: list[Run]) -> list[str]:
 
 
 def run_dynamics_figure(runs: list[Run], path: str | Path) -> Path:
-    """One panel per eval metric (accuracy vs step) and one for the mean response length."""
-    keys = eval_keys(runs) + ["response_length/mean"]
+    """Accuracy (Avg@n) and response length of every evaluated benchmark vs step, and the rollouts' length."""
+    keys = [k for k in eval_keys(runs) if "/avg@" in k or k.endswith("/mean_length")] + ["response_length/mean"]
     fig = Figure(figsize=(4.5 * len(keys), 4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(keys)))
     for ax, key in zip(axes, keys):
@@ -267,7 +267,7 @@ def run_dynamics_figure(runs: list[Run], path: str | Path) -> Path:
             x, y = _series(run.metrics, key)
             if len(x):
                 ax.plot(x, y, "o-" if key.startswith("eval/") else "-", color=color, label=run.label)
-        ax.set(title=key, xlabel="step", ylabel="tokens" if key.startswith("response") else "accuracy")
+        ax.set(title=key, xlabel="step", ylabel="tokens" if "length" in key else "accuracy")
         ax.legend(fontsize="small")
     return _save(fig, path)
 
