@@ -11,7 +11,11 @@ INSTRUCTION = "Please reason step by step, and put your final answer within \\bo
 
 
 def read_jsonl(
-    path: str | Path, *, required: tuple[str, ...] = ("problem",), what: str = "--data"
+    path: str | Path,
+    *,
+    required: tuple[str, ...] = ("problem",),
+    what: str = "--data",
+    allow_empty: bool = False,
 ) -> list[dict]:
     """Rows of a JSONL file; each must be a JSON object with the ``required`` string fields.
 
@@ -37,7 +41,7 @@ def read_jsonl(
                 if not isinstance(row.get(field), str) or not row[field].strip():
                     raise UserError(f"{what} {path}:{lineno}: expected a non-empty string field '{field}'")
             rows.append(row)
-    if not rows:
+    if not rows and not allow_empty:
         raise UserError(f"{what} {path}: expected at least one row, the file is empty")
     return rows
 

@@ -9,7 +9,6 @@ Run directories hold ``metrics.jsonl`` (one JSON object per optimizer step), ``c
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from .data import read_jsonl
 from .diagnostics import reward_surface
 from .errors import UserError
 
@@ -152,23 +152,6 @@ class Run:
     positions: list[dict] = field(default_factory=list)
 
 
-def _read_jsonl(path: Path, what: str) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(
-                f"{what} {path}:{lineno}: expected one JSON object per line ({err.msg})"
-            ) from None
-        if not isinstance(row, dict):
-            raise UserError(f"{what} {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
 def run_label(run_dir: str | Path) -> str:
     """``power α=10`` / ``log_ratio`` from config.yaml's ``reward`` section; the folder name otherwise."""
     import yaml
@@ -190,11 +173,19 @@ def load_run(run_dir: str | Path, *, what: str = "RUN_DIR") -> Run:
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.is_file():
         raise UserError(f"{what} {run_dir}: expected a metrics.jsonl file in it (a training run directory)")
-    metrics = [row for row in _read_jsonl(metrics_path, what) if isinstance(row.get("step"), (int, float))]
+    metrics = [
+        row
+        for row in read_jsonl(metrics_path, required=(), what=what, allow_empty=True)
+        if isinstance(row.get("step"), (int, float))
+    ]
     if not metrics:
         raise UserError(f"{what} {metrics_path}: expected at least one row with a 'step'")
     positions_path = run_dir / "positions.jsonl"
-    positions = _read_jsonl(positions_path, what) if positions_path.is_file() else []
+    positions = (
+        read_jsonl(positions_path, required=(), what=what, allow_empty=True)
+        if positions_path.is_file()
+        else []
+    )
     return Run(run_dir, run_label(run_dir), metrics, positions)
 
 
@@ -259,7 +250,9 @@ def eval_keys(runs: list[Run]) -> list[str]:
 
 def run_dynamics_figure(runs: list[Run], path: str | Path) -> Path:
     """Accuracy (Avg@n) and response length of every evaluated benchmark vs step, and the rollouts' length."""
-    keys = [k for k in eval_keys(runs) if "/avg@" in k or k.endswith("/mean_length")] + ["response_length/mean"]
+    keys = [k for k in eval_keys(runs) if "/avg@" in k or k.endswith("/mean_length")] + [
+        "response_length/mean"
+    ]
     fig = Figure(figsize=(4.5 * len(keys), 4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(keys)))
     for ax, key in zip(axes, keys):
