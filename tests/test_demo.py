@@ -61,7 +61,9 @@ def test_claims_say_when_they_do_not_hold(tmp_path):
     flat = [{"start": 0, "stop": 8, "count": 10, "mean": -0.1, "min": -1.0, "max": 1.0},
             {"start": 8, "stop": 16, "count": 10, "mean": -0.5, "min": -3.0, "max": 1.0}]  # fmt: skip
     c = claims(_results(methods, lr_stats=_stats(-2.0, -1.5, 0.0, 1.4, 2.0), buckets=flat), tmp_path)
-    assert {k: v["verdict"] for k, v in c.items()} == {k: "does not hold" for k in ("C1", "C2", "C3", "C4", "C5")}
+    assert {k: v["verdict"] for k, v in c.items()} == {
+        k: "does not hold" for k in ("C1", "C2", "C3", "C4", "C5")
+    }
 
 
 def test_close_accuracies_are_inconclusive(tmp_path):
@@ -101,7 +103,9 @@ def test_quick_demo_from_an_empty_cache(tmp_path, task_cache, monkeypatch):
         if row["reward"] == "power":
             assert -1 <= row["reward_min"] <= row["reward_max"] <= 1
         assert (out / "runs" / f"{method}-seed0" / "metrics.jsonl").exists()
-    assert set(results["claims"]) == {"C1", "C2", "C3", "C4", "C5"} - ({"C5"} if len([m for m in results["methods"] if m.startswith("power")]) < 2 else set())
+    assert set(results["claims"]) == {"C1", "C2", "C3", "C4", "C5"} - (
+        {"C5"} if len([m for m in results["methods"] if m.startswith("power")]) < 2 else set()
+    )
     text = (out / "report.md").read_text()
     assert "## Claims of the paper" in text and "| teacher |" in text
     for figure in results["figures"]:
