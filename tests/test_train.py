@@ -241,3 +241,33 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny_pair, capsys):
     code, err = _bad(tmp_path, tiny_pair, capsys)
     assert code == 2 and "already holds a run" in err
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+@pytest.mark.parametrize("reward", ["power", "zscore", "full_kl"])
+def test_bf16_autocast_update_matches_float32(reward):
+    """--dtype bfloat16: the student keeps float32 weights and gradients; the bf16 gradient points the same way."""
+    from conftest import make_char_tokenizer, make_tiny_qwen3
+
+    from poweropd.config import RewardConfig
+    from poweropd.models import output_layer
+    from poweropd.rollout import build_rollouts
+    from poweropd.teacher import HFScorer
+    from poweropd.train import Objective, compute_gradients
+
+    vocab = len(make_char_tokenizer())
+    student, teacher = make_tiny_qwen3(vocab, seed=0), make_tiny_qwen3(vocab, hidden=48, seed=1)
+    sequences_BL = torch.randint(3, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    sequences_BL[0, 8] = 2
+    rollouts = build_rollouts(sequences_BL, torch.ones(2, 4, dtype=torch.long), (2, 0), pad_token_id=0)
+    scores = HFScorer(teacher).score(rollouts, keep_hidden=True)
+    grads = []
+    for dtype in (None, torch.bfloat16):
+        student.zero_grad(set_to_none=True)
+        compute_gradients(
+            student, rollouts, scores, Objective.from_config(RewardConfig(name=reward)), micro_batch_size=1,
+            teacher_output_layer=output_layer(teacher), vocab_size=vocab, autocast_dtype=dtype,
+        )  # fmt: skip
+        assert all(p.grad.dtype == torch.float32 for p in student.parameters() if p.grad is not None)
+        grads.append(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]))
+    assert torch.isfinite(grads[1]).all()
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99

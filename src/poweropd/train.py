@@ -225,7 +225,6 @@ def compute_gradients(
     teacher_output_layer: torch.nn.Module | None = None,
     vocab_size: int | None = None,
     comm: Collective | None = None,
-    autocast: Callable = torch.autocast,
     autocast_dtype: torch.dtype | None = None,
 ) -> UpdateResult:
     """Fill ``.grad`` of the student with the gradient of the batch loss (summed over processes).
@@ -241,11 +240,7 @@ def compute_gradients(
     num_tokens = comm.sum(mask_BT.sum().float()).clamp(min=1).item()
     B = mask_BT.shape[0]
     micro = [slice(i, min(i + micro_batch_size, B)) for i in range(0, B, micro_batch_size)]
-    amp = (
-        autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else torch.autocast(device_type=device.type, enabled=False)
-    )
+    amp = torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None)
 
     precomputed_reward_BT = None
     if objective.needs_batch_statistics and len(micro) > 1:
