@@ -31,7 +31,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="poweropd", description="On-policy distillation of language models: PowerOPD and every baseline.")
+    parser = _Parser(
+        prog="poweropd", description="On-policy distillation of language models: PowerOPD and every baseline."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, help_text in COMMANDS.items():

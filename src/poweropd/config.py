@@ -15,18 +15,13 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, require
 from .rewards import REWARDS
 
 # Every training method: the sampled-token rewards of the registry, plus the full-vocabulary reverse KL.
 METHODS = (*REWARDS, "full_kl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
-
-
-def _check(ok: bool, where: str, expected: str, got: Any) -> None:
-    if not ok:
-        raise UserError(f"{where}: expected {expected}, got {got!r}")
 
 
 @dataclass(frozen=True)
@@ -44,10 +39,12 @@ class ModelConfig:
     """Device of the teacher, e.g. cuda:1; default: the student's device."""
 
     def __post_init__(self):
-        _check(bool(self.student), "model.student (--student)", "a model id, folder or alias", self.student)
-        _check(bool(self.teacher), "model.teacher (--teacher)", "a model id, folder or alias", self.teacher)
-        _check(self.dtype in DTYPES, "model.dtype (--dtype)", f"one of {', '.join(DTYPES)}", self.dtype)
-        _check(self.device in DEVICES, "model.device (--device)", f"one of {', '.join(DEVICES)}", self.device)
+        require(bool(self.student), "model.student (--student)", "a model id, folder or alias", self.student)
+        require(bool(self.teacher), "model.teacher (--teacher)", "a model id, folder or alias", self.teacher)
+        require(self.dtype in DTYPES, "model.dtype (--dtype)", f"one of {', '.join(DTYPES)}", self.dtype)
+        require(
+            self.device in DEVICES, "model.device (--device)", f"one of {', '.join(DEVICES)}", self.device
+        )
 
 
 @dataclass(frozen=True)
@@ -64,15 +61,15 @@ class RolloutConfig:
     """Train on the final stop token too (the paper leaves it out)."""
 
     def __post_init__(self):
-        _check(
+        require(
             self.max_new_tokens >= 1,
             "rollout.max_new_tokens (--max-new-tokens)",
             "an integer ≥ 1",
             self.max_new_tokens,
         )
-        _check(self.temperature > 0, "rollout.temperature (--temperature)", "a number > 0", self.temperature)
-        _check(0 < self.top_p <= 1, "rollout.top_p", "a number in (0, 1]", self.top_p)
-        _check(self.top_k >= 0, "rollout.top_k", "an integer ≥ 0", self.top_k)
+        require(self.temperature > 0, "rollout.temperature (--temperature)", "a number > 0", self.temperature)
+        require(0 < self.top_p <= 1, "rollout.top_p", "a number in (0, 1]", self.top_p)
+        require(self.top_k >= 0, "rollout.top_k", "an integer ≥ 0", self.top_k)
 
 
 @dataclass(frozen=True)
@@ -89,15 +86,15 @@ class RewardConfig:
     """Temperature of the tanh reward: tanh(log_ratio / tau)."""
 
     def __post_init__(self):
-        _check(self.name in METHODS, "reward.name (--reward)", f"one of {', '.join(METHODS)}", self.name)
-        _check(self.alpha > 0, "reward.alpha (--alpha)", "a number > 0", self.alpha)
-        _check(
+        require(self.name in METHODS, "reward.name (--reward)", f"one of {', '.join(METHODS)}", self.name)
+        require(self.alpha > 0, "reward.alpha (--alpha)", "a number > 0", self.alpha)
+        require(
             self.clip_low < self.clip_high,
             "reward.clip_low/clip_high (--clip-low/--clip-high)",
             "low < high",
             (self.clip_low, self.clip_high),
         )
-        _check(self.tanh_tau > 0, "reward.tanh_tau (--tanh-tau)", "a number > 0", self.tanh_tau)
+        require(self.tanh_tau > 0, "reward.tanh_tau (--tanh-tau)", "a number > 0", self.tanh_tau)
 
     @property
     def hparams(self) -> dict[str, float]:
@@ -128,11 +125,11 @@ class OptimConfig:
     beta2: float = 0.999
 
     def __post_init__(self):
-        _check(self.lr > 0, "optim.lr (--lr)", "a number > 0", self.lr)
-        _check(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
-        _check(self.weight_decay >= 0, "optim.weight_decay", "a number ≥ 0", self.weight_decay)
-        _check(self.max_grad_norm > 0, "optim.max_grad_norm", "a number > 0", self.max_grad_norm)
-        _check(
+        require(self.lr > 0, "optim.lr (--lr)", "a number > 0", self.lr)
+        require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
+        require(self.weight_decay >= 0, "optim.weight_decay", "a number ≥ 0", self.weight_decay)
+        require(self.max_grad_norm > 0, "optim.max_grad_norm", "a number > 0", self.max_grad_norm)
+        require(
             0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
             "optim.beta1/beta2",
             "numbers in [0, 1)",
@@ -159,12 +156,12 @@ class EvalConfig:
     """Sequences per generate call while evaluating."""
 
     def __post_init__(self):
-        _check(self.every >= 0, "eval.every (--eval-every)", "an integer ≥ 0", self.every)
-        _check(self.n >= 1, "eval.n (--eval-n)", "an integer ≥ 1", self.n)
-        _check(
+        require(self.every >= 0, "eval.every (--eval-every)", "an integer ≥ 0", self.every)
+        require(self.n >= 1, "eval.n (--eval-n)", "an integer ≥ 1", self.n)
+        require(
             self.limit is None or self.limit >= 1, "eval.limit (--eval-limit)", "an integer ≥ 1", self.limit
         )
-        _check(self.max_new_tokens >= 1, "eval.max_new_tokens", "an integer ≥ 1", self.max_new_tokens)
+        require(self.max_new_tokens >= 1, "eval.max_new_tokens", "an integer ≥ 1", self.max_new_tokens)
 
 
 @dataclass(frozen=True)
@@ -189,20 +186,20 @@ class RunConfig:
     """Positions per output-layer chunk in the memory-light log-prob and KL computations."""
 
     def __post_init__(self):
-        _check(bool(self.data), "run.data (--data)", "a JSONL file of prompts", self.data)
-        _check(bool(self.output_dir), "run.output_dir (--output-dir)", "a folder", self.output_dir)
-        _check(self.max_steps >= 1, "run.max_steps (--max-steps)", "an integer ≥ 1", self.max_steps)
-        _check(self.batch_size >= 1, "run.batch_size (--batch-size)", "an integer ≥ 1", self.batch_size)
+        require(bool(self.data), "run.data (--data)", "a JSONL file of prompts", self.data)
+        require(bool(self.output_dir), "run.output_dir (--output-dir)", "a folder", self.output_dir)
+        require(self.max_steps >= 1, "run.max_steps (--max-steps)", "an integer ≥ 1", self.max_steps)
+        require(self.batch_size >= 1, "run.batch_size (--batch-size)", "an integer ≥ 1", self.batch_size)
         mb = self.micro_batch_size
-        _check(
+        require(
             mb is None or (mb >= 1 and self.batch_size % mb == 0),
             "run.micro_batch_size (--micro-batch-size)",
             f"a divisor of batch_size {self.batch_size}",
             mb,
         )
-        _check(self.save_every >= 0, "run.save_every (--save-every)", "an integer ≥ 0", self.save_every)
-        _check(self.positions_every >= 1, "run.positions_every", "an integer ≥ 1", self.positions_every)
-        _check(self.chunk_size >= 1, "run.chunk_size", "an integer ≥ 1", self.chunk_size)
+        require(self.save_every >= 0, "run.save_every (--save-every)", "an integer ≥ 0", self.save_every)
+        require(self.positions_every >= 1, "run.positions_every", "an integer ≥ 1", self.positions_every)
+        require(self.chunk_size >= 1, "run.chunk_size", "an integer ≥ 1", self.chunk_size)
 
 
 @dataclass(frozen=True)

@@ -6,3 +6,9 @@ class UserError(ValueError):
 
     The message names the input and what was expected; the CLI prints it on one line.
     """
+
+
+def require(ok: bool, where: str, expected: str, got) -> None:
+    """Raise ``UserError("<where>: expected <expected>, got <got>")`` unless ``ok`` (config validation)."""
+    if not ok:
+        raise UserError(f"{where}: expected {expected}, got {got!r}")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import require
 from ..fsutil import atomic_folder
 from ..models import save_model
 from . import arithmetic
@@ -31,11 +31,6 @@ from .tokenizer import build_tokenizer, vocabulary
 
 META_FILE = "poweropd_task.json"
 TOKENIZER_VERSION = 2  # bump when the vocabulary or template changes: it is part of the cache key
-
-
-def _check(ok: bool, where: str, expected: str, got) -> None:
-    if not ok:
-        raise UserError(f"{where}: expected {expected}, got {got!r}")
 
 
 @dataclass(frozen=True)
@@ -50,14 +45,14 @@ class TinyQwen3:
 
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
-            _check(getattr(self, name) >= 1, f"TinyQwen3.{name}", "an integer ≥ 1", getattr(self, name))
-        _check(
+            require(getattr(self, name) >= 1, f"TinyQwen3.{name}", "an integer ≥ 1", getattr(self, name))
+        require(
             self.hidden_size % self.num_heads == 0,
             "TinyQwen3.num_heads",
             f"a divisor of hidden_size {self.hidden_size}",
             self.num_heads,
         )
-        _check(
+        require(
             self.num_heads % self.num_kv_heads == 0,
             "TinyQwen3.num_kv_heads",
             f"a divisor of num_heads {self.num_heads}",
@@ -102,16 +97,16 @@ class SFTConfig:
     """AdamW weight decay."""
 
     def __post_init__(self):
-        _check(self.steps >= 1, "SFTConfig.steps", "an integer ≥ 1", self.steps)
-        _check(self.lr > 0, "SFTConfig.lr", "a number > 0", self.lr)
-        _check(self.batch_size >= 1, "SFTConfig.batch_size", "an integer ≥ 1", self.batch_size)
-        _check(
+        require(self.steps >= 1, "SFTConfig.steps", "an integer ≥ 1", self.steps)
+        require(self.lr > 0, "SFTConfig.lr", "a number > 0", self.lr)
+        require(self.batch_size >= 1, "SFTConfig.batch_size", "an integer ≥ 1", self.batch_size)
+        require(
             0 <= self.warmup_steps <= self.steps,
             "SFTConfig.warmup_steps",
             f"an integer in [0, steps={self.steps}]",
             self.warmup_steps,
         )
-        _check(self.weight_decay >= 0, "SFTConfig.weight_decay", "a number ≥ 0", self.weight_decay)
+        require(self.weight_decay >= 0, "SFTConfig.weight_decay", "a number ≥ 0", self.weight_decay)
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -157,10 +152,10 @@ class TaskConfig:
     """Greedy generation cap when measuring accuracy; the longest reference response is 36 tokens."""
 
     def __post_init__(self):
-        _check(self.n_test >= 1, "TaskConfig.n_test", "an integer ≥ 1", self.n_test)
-        _check(self.n_train >= 1, "TaskConfig.n_train", "an integer ≥ 1", self.n_train)
-        _check(self.num_threads >= 1, "TaskConfig.num_threads", "an integer ≥ 1", self.num_threads)
-        _check(
+        require(self.n_test >= 1, "TaskConfig.n_test", "an integer ≥ 1", self.n_test)
+        require(self.n_train >= 1, "TaskConfig.n_train", "an integer ≥ 1", self.n_train)
+        require(self.num_threads >= 1, "TaskConfig.num_threads", "an integer ≥ 1", self.num_threads)
+        require(
             self.eval_max_new_tokens >= 1,
             "TaskConfig.eval_max_new_tokens",
             "an integer ≥ 1",
