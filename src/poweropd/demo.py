@@ -226,11 +226,7 @@ def _evaluate(model, tokenizer, problems, harness) -> dict:
 
     results, _ = evaluate_model(model, tokenizer, problems, harness, progress=False)
     row = results[TASK]
-    return {
-        "avg@8" if harness.n == 8 else f"avg@{harness.n}": row[f"avg@{harness.n}"],
-        f"pass@{harness.n}": row[f"pass@{harness.n}"],
-        "mean_length": row["mean_length"],
-    }
+    return {key: row[key] for key in (f"avg@{harness.n}", f"pass@{harness.n}", "mean_length")}
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
