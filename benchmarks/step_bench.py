@@ -9,7 +9,8 @@ Modes (``MODES`` below):
                        from ``model(...).logits`` for both models, a separate no-grad student pass for the
                        rewards, then the training pass (gather from the full log_softmax);
 - ``full_kl_naive``    exact reverse KL from materialised fp32 log-softmaxes (``reverse_kl_per_token``);
-- ``full_kl_chunked``  our full_kl path (``HFScorer(keep_hidden=True)`` + ``compute_gradients``).
+- ``full_kl_chunked``  our full_kl path (``HFScorer(keep_hidden=True)`` + ``compute_gradients``: the fused
+                       reverse-KL op).
 
 The naive recipes get the logits of the T response positions only (``logits_to_keep``), not of the prompt:
 the comparison is with the cheapest version of the naive recipe.
@@ -30,6 +31,7 @@ state, batch):
 
     python benchmarks/step_bench.py --quick --json bench.json
     python benchmarks/step_bench.py --dry-run --json /tmp/dry.json          # tiny shapes, seconds
+    python benchmarks/step_bench.py --check --device cuda --dtype bfloat16    # ours vs naive, one batch
 """
 
 from __future__ import annotations
@@ -53,13 +55,13 @@ from pathlib import Path
 QWEN3_VOCAB = 151_936
 MODE_NAMES = ("power_sampled", "naive_sampled", "full_kl_naive", "full_kl_chunked")
 
-# name -> (layers, hidden, heads, kv heads, head_dim, intermediate)
+# name -> (layers, hidden, heads, kv heads, head_dim, intermediate, tied embeddings)
 SHAPES = {
-    "tiny": (2, 32, 4, 2, 8, 64),
-    "bench-student": (2, 128, 4, 2, 32, 384),
-    "bench-teacher": (2, 192, 4, 2, 48, 576),
-    "qwen3-0.6b": (28, 1024, 16, 8, 128, 3072),
-    "qwen3-4b": (36, 2560, 32, 8, 128, 9728),
+    "tiny": (2, 32, 4, 2, 8, 64, False),
+    "bench-student": (2, 128, 4, 2, 32, 384, False),
+    "bench-teacher": (2, 192, 4, 2, 48, 576, False),
+    "qwen3-0.6b": (28, 1024, 16, 8, 128, 3072, True),  # as the released Qwen3-0.6B and 4B configs
+    "qwen3-4b": (36, 2560, 32, 8, 128, 9728, True),
 }
 
 # (ours, reference, metric, bound): ours / reference must be ≤ bound
@@ -99,7 +101,7 @@ def make_model(shape: str, vocab: int, *, seed: int, device: str, dtype):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    layers, hidden, heads, kv, head_dim, inter = SHAPES[shape]
+    layers, hidden, heads, kv, head_dim, inter, tied = SHAPES[shape]
     config = Qwen3Config(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -109,7 +111,7 @@ def make_model(shape: str, vocab: int, *, seed: int, device: str, dtype):
         num_key_value_heads=kv,
         head_dim=head_dim,
         max_position_embeddings=4096,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
     )
     torch.manual_seed(seed)
     with torch.device(device):  # initialise on the device: a 4B model initialises in seconds on a GPU
@@ -291,6 +293,61 @@ MODES: dict[str, Mode] = {
 
 
 # ---------------------------------------------------------------------------------------------------
+# Equivalence: our path and the naive recipe it replaces give the same loss and gradient
+# ---------------------------------------------------------------------------------------------------
+PAIRS = (("power_sampled", "naive_sampled"), ("full_kl_chunked", "full_kl_naive"))
+
+
+def loss_and_grads(mode: str, ctx: Context) -> tuple[float, dict]:
+    ctx.student.zero_grad(set_to_none=True)
+    loss = MODES[mode].update(ctx, MODES[mode].score(ctx))
+    return loss, {n: p.grad.clone() for n, p in ctx.student.named_parameters() if p.grad is not None}
+
+
+def compare_pair(ctx: Context, ours: str, naive: str) -> dict:
+    """Loss of each, and per parameter the gradients' relative error ‖g − g_ref‖/‖g_ref‖ and cosine."""
+    import torch
+
+    loss_ours, grads_ours = loss_and_grads(ours, ctx)
+    loss_naive, grads_naive = loss_and_grads(naive, ctx)
+    if grads_ours.keys() != grads_naive.keys():
+        raise AssertionError(f"{ours} and {naive} fill different gradients")
+    rel, cos = {}, {}
+    for name, g in grads_ours.items():
+        ref = grads_naive[name].double().flatten()
+        rel[name] = ((g.double().flatten() - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+        cos[name] = torch.nn.functional.cosine_similarity(g.double().flatten(), ref, dim=0).item()
+    return {
+        "ours": ours,
+        "naive": naive,
+        "loss_ours": loss_ours,
+        "loss_naive": loss_naive,
+        "max_grad_rel_err": max(rel.values()),
+        "min_grad_cosine": min(cos.values()),
+        "worst_param": max(rel, key=rel.get),
+        "grads_ours": grads_ours,
+        "grads_naive": grads_naive,
+    }
+
+
+def check(cfg: BenchConfig) -> list[dict]:
+    """Both pairs on one batch at ``cfg``'s shapes, device and dtype (one step, no optimizer)."""
+    ctx = build_context(cfg)
+    rows = []
+    for ours, naive in PAIRS:
+        row = compare_pair(ctx, ours, naive)
+        del row["grads_ours"], row["grads_naive"]
+        rows.append(row)
+        print(
+            f"  {ours} vs {naive}: loss {row['loss_ours']:.6g} vs {row['loss_naive']:.6g}, "
+            f"max grad rel. error {row['max_grad_rel_err']:.2e} ({row['worst_param']}), "
+            f"min cosine {row['min_grad_cosine']:.6f}",
+            file=sys.stderr,
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
 # Measurement
 # ---------------------------------------------------------------------------------------------------
 class RSSPeak:
@@ -352,9 +409,13 @@ def run_worker(mode_name: str, cfg: BenchConfig) -> dict:
     """Warm-up then ``cfg.repeats`` measured steps of one mode in this process; times and peak memory."""
     import torch
 
+    from poweropd.config import OptimConfig
+    from poweropd.train import make_optimizer
+
     ctx = build_context(cfg)
     mode = MODES[mode_name]
-    optimizer = torch.optim.AdamW(ctx.student.parameters(), lr=1e-6)
+    # the training loop's optimizer (fused AdamW), the same for every mode
+    optimizer = make_optimizer(ctx.student.parameters(), OptimConfig(lr=1e-6), torch.device(cfg.device))
     cuda = cfg.device.startswith("cuda")
 
     def sync():
@@ -506,6 +567,19 @@ def bench(cfg: BenchConfig, modes: list[str], *, rounds: int = 1, echo: bool = T
     return result
 
 
+def merge_results(results: list[dict]) -> dict:
+    """Results of runs with the same config and different modes (e.g. ours and the naive recipes under
+    separate timeouts) as one result, with the targets recomputed across them."""
+    configs = {json.dumps(r["config"], sort_keys=True) for r in results}
+    if len(configs) > 1:
+        raise SystemExit("step_bench.py --merge: the results were measured with different configs")
+    merged = {"config": results[0]["config"], "modes": {}}
+    for r in results:
+        merged["modes"].update(r["modes"])
+    merged["targets"] = target_rows(merged["modes"])
+    return merged
+
+
 def parse_args(argv=None) -> tuple[argparse.Namespace, BenchConfig]:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -538,6 +612,18 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, BenchConfig]:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--rounds", type=int, default=1, help="run every mode this many times, in rotation")
     p.add_argument("--modes", nargs="+", default=list(MODE_NAMES), choices=MODE_NAMES)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="instead of timing: our paths against the naive recipes on one batch (loss, gradient error)",
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="instead of running: one report (table and ratios) from results written by earlier runs",
+    )
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--worker", choices=MODE_NAMES, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -573,7 +659,19 @@ def main(argv=None) -> int:
     if args.worker:
         args.worker_out.write_text(json.dumps(run_worker(args.worker, cfg)))
         return 0
+    if args.merge:
+        result = merge_results([json.loads(path.read_text()) for path in args.merge])
+        print(format_report(result))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     print(f"config: {json.dumps(asdict(cfg))}", file=sys.stderr)
+    if args.check:
+        rows = check(cfg)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"config": asdict(cfg), "check": rows}, indent=2))
+        return 0
     result = bench(cfg, args.modes, rounds=args.rounds)
     print(format_report(result))
     if args.json:

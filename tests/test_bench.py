@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -46,25 +47,26 @@ def _restore_threads():
     torch.set_num_threads(threads)
 
 
-def _loss_and_grads(mode: str, ctx) -> tuple[float, dict[str, torch.Tensor]]:
-    ctx.student.zero_grad(set_to_none=True)
-    loss = sb.MODES[mode].update(ctx, sb.MODES[mode].score(ctx))
-    return loss, {n: p.grad.clone() for n, p in ctx.student.named_parameters() if p.grad is not None}
-
-
-@pytest.mark.parametrize(
-    ("ours", "naive"), [("power_sampled", "naive_sampled"), ("full_kl_chunked", "full_kl_naive")]
-)
+@pytest.mark.parametrize(("ours", "naive"), sb.PAIRS)
 def test_our_path_gives_the_naive_loss_and_gradient(ours, naive):
     ctx = sb.build_context(TINY)
     assert ctx.rollouts.loss_mask().sum() < TINY.batch * TINY.seq  # some padding is masked out
-    loss_ours, grads_ours = _loss_and_grads(ours, ctx)
-    loss_naive, grads_naive = _loss_and_grads(naive, ctx)
-    assert loss_ours == pytest.approx(loss_naive, rel=1e-5, abs=1e-7)
-    assert grads_ours.keys() == grads_naive.keys()
-    assert "lm_head.weight" in grads_ours
-    for name, grad in grads_ours.items():
-        torch.testing.assert_close(grad, grads_naive[name], rtol=1e-4, atol=1e-7, msg=name)
+    row = sb.compare_pair(ctx, ours, naive)
+    assert row["loss_ours"] == pytest.approx(row["loss_naive"], rel=1e-5, abs=1e-7)
+    assert "lm_head.weight" in row["grads_ours"]
+    for name, grad in row["grads_ours"].items():
+        torch.testing.assert_close(grad, row["grads_naive"][name], rtol=1e-4, atol=1e-7, msg=name)
+    assert row["max_grad_rel_err"] < 1e-4 and row["min_grad_cosine"] > 0.9999
+
+
+def test_check_reports_both_pairs_under_bf16_autocast():
+    rows = sb.check(dataclasses.replace(TINY, dtype="bfloat16"))
+    assert [(r["ours"], r["naive"]) for r in rows] == list(sb.PAIRS)
+    for r in rows:
+        # bf16 logits on both sides, float32 softmaxes: the same gradient up to bf16 rounding
+        assert r["min_grad_cosine"] > 0.99, r
+        assert r["loss_ours"] == pytest.approx(r["loss_naive"], rel=2e-2, abs=1e-3), r
+    json.dumps(rows)
 
 
 @pytest.mark.parametrize("mode", sb.MODE_NAMES)

@@ -229,3 +229,74 @@ def test_fused_policy_gradient_accumulates_into_a_tied_embedding():
         return embed.weight.grad.clone()
 
     torch.testing.assert_close(run(True), run(False))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fused_kl_equals_exact_kl_in_value_and_gradient(temperature):
+    from poweropd.losses import fused_reverse_kl_loss
+
+    student, teacher = _layers(seed=6)
+    vocab = 37  # teacher has 5 padding rows beyond the tokenizer, as Qwen3 does
+    s_hidden_BTH = torch.randn(2, 9, 16, requires_grad=True)
+    t_hidden_BTH = torch.randn(2, 9, 20)
+    tokens_BT = torch.randint(0, vocab, (2, 9))
+    mask_BT = torch.rand(2, 9) > 0.3
+    n = int(mask_BT.sum())
+
+    s_logits_BTV = student(s_hidden_BTH)[..., :vocab] / temperature
+    t_logits_BTV = teacher(t_hidden_BTH)[..., :vocab].detach() / temperature
+    exact_BT = reverse_kl_per_token(s_logits_BTV, t_logits_BTV)
+    loss_ref, _ = full_kl_loss(exact_BT, mask_BT, num_tokens=n)
+    ref_grads = torch.autograd.grad(loss_ref, (s_hidden_BTH, student.weight))
+
+    loss, kl_BT, logp_BT, teacher_logp_BT = fused_reverse_kl_loss(
+        student,
+        teacher,
+        s_hidden_BTH,
+        t_hidden_BTH,
+        tokens_BT,
+        mask_BT,
+        num_tokens=n,
+        vocab_size=vocab,
+        temperature=temperature,
+        chunk_size=5,
+    )
+    grads = torch.autograd.grad(loss, (s_hidden_BTH, student.weight))
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(kl_BT, exact_BT.detach())
+    torch.testing.assert_close(logp_BT, selected_logprobs_from_logits(s_logits_BTV.detach(), tokens_BT))
+    torch.testing.assert_close(teacher_logp_BT, selected_logprobs_from_logits(t_logits_BTV, tokens_BT))
+    for got, ref in zip(grads, ref_grads):
+        torch.testing.assert_close(got, ref)
+    assert teacher.weight.grad is None and not kl_BT.requires_grad
+
+
+def test_fused_kl_under_bf16_autocast_reduces_in_float32():
+    # bf16 matmuls for the logits, then float32 softmaxes and KL: equal to the exact KL of the bf16 logits.
+    # (autocast would run the bmm reduction in bf16 unless the op turns it off)
+    from poweropd.losses import fused_reverse_kl_loss
+
+    student, teacher = _layers(seed=7, vocab=301)
+    s_hidden_BTH = torch.randn(2, 6, 16, requires_grad=True)
+    t_hidden_BTH = torch.randn(2, 6, 20)
+    tokens_BT = torch.randint(0, 301, (2, 6))
+    mask_BT = torch.ones(2, 6, dtype=torch.bool)
+    teacher = teacher.to(torch.bfloat16)  # as train.py loads it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, kl_BT, _, _ = fused_reverse_kl_loss(
+            student,
+            teacher,
+            s_hidden_BTH,
+            t_hidden_BTH.bfloat16(),
+            tokens_BT,
+            mask_BT,
+            num_tokens=12,
+            vocab_size=301,
+            chunk_size=4,
+        )
+    s_logits_BTV = (s_hidden_BTH.detach().bfloat16() @ student.weight.bfloat16().T).float()
+    t_logits_BTV = (t_hidden_BTH.bfloat16() @ teacher.weight.T)[..., :301].float()
+    assert kl_BT.dtype == torch.float32
+    torch.testing.assert_close(kl_BT, reverse_kl_per_token(s_logits_BTV, t_logits_BTV), rtol=1e-5, atol=1e-6)
+    (grad_hidden,) = torch.autograd.grad(loss, (s_hidden_BTH,))
+    assert grad_hidden.dtype == torch.float32 and torch.isfinite(grad_hidden).all()
