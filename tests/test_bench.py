@@ -126,3 +126,13 @@ def test_cli_runs_each_mode_in_a_fresh_process(tmp_path):
     for m in result["modes"].values():
         assert {"time_s", "peak_mb", "times"} <= m.keys()
     assert "PASS" in proc.stdout or "FAIL" in proc.stdout
+
+
+def test_grad_agreement_is_scale_free():
+    torch.manual_seed(0)
+    ref = torch.randn(1000) * 1e-7  # gradients of a random-init model under α = 1 are this small
+    rel, cos = sb.grad_agreement(ref * (1 + 1e-3), ref)
+    assert rel == pytest.approx(1e-3, rel=1e-3) and cos == pytest.approx(1.0, abs=1e-12)
+    rel, cos = sb.grad_agreement(-ref, ref)
+    assert rel == pytest.approx(2.0) and cos == pytest.approx(-1.0)
+    assert sb.grad_agreement(torch.zeros(3), torch.zeros(3)) == (0.0, 1.0)
