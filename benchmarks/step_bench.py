@@ -9,8 +9,8 @@ Modes (``MODES`` below):
                        from ``model(...).logits`` for both models, a separate no-grad student pass for the
                        rewards, then the training pass (gather from the full log_softmax);
 - ``full_kl_naive``    exact reverse KL from materialised fp32 log-softmaxes (``reverse_kl_per_token``);
-- ``full_kl_chunked``  our full_kl path (``HFScorer(keep_hidden=True)`` + ``compute_gradients``: the fused
-                       reverse-KL op);
+- ``full_kl_chunked``  our full_kl path (``HFScorer(keep_hidden=True, logprobs=False)`` + ``compute_gradients``:
+                       the fused reverse-KL op, which also gives the teacher's sampled-token log-probs);
 - ``body_floor``       the floor under every mode: the teacher's and the student's decoder bodies (forward;
                        forward + backward of a trivial loss) and the optimizer step, no output layer. The
                        report shows each mode's time and memory above it: the cost of the output layer.
@@ -190,7 +190,8 @@ def _chunk_kwargs(cfg: BenchConfig) -> dict:
 def ours_score(ctx: Context, *, keep_hidden: bool):
     from poweropd.teacher import HFScorer
 
-    return HFScorer(ctx.teacher, **_chunk_kwargs(ctx.cfg)).score(ctx.rollouts, keep_hidden=keep_hidden)
+    scorer = HFScorer(ctx.teacher, **_chunk_kwargs(ctx.cfg))
+    return scorer.score(ctx.rollouts, keep_hidden=keep_hidden, logprobs=not keep_hidden)  # as train.py
 
 
 def ours_update(ctx: Context, scores, *, objective: str) -> float:

@@ -136,3 +136,32 @@ def test_grad_agreement_is_scale_free():
     rel, cos = sb.grad_agreement(-ref, ref)
     assert rel == pytest.approx(2.0) and cos == pytest.approx(-1.0)
     assert sb.grad_agreement(torch.zeros(3), torch.zeros(3)) == (0.0, 1.0)
+
+
+def _load_scaling():
+    sys.path.insert(0, str(BENCH.parent))  # scaling.py imports step_bench from its folder
+    spec = importlib.util.spec_from_file_location("scaling", BENCH.parent / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scaling_slopes_are_least_squares_in_mb_per_1k_positions():
+    scaling = _load_scaling()
+    rows = [
+        # ours flat at 50 MB; naive 0.5 MB per position → 500 MB per 1k positions
+        {
+            "vocab": 1000,
+            "seq": t,
+            "positions": t,
+            "power_sampled_extra_mb": 50.0,
+            "naive_sampled_extra_mb": t / 2,
+        }
+        for t in (128, 256, 512)
+    ] + [{"vocab": 2000, "seq": 128, "positions": 128, "power_sampled_extra_mb": 1.0}]
+    by_vocab = {r["vocab"]: r for r in scaling.slopes(rows)}
+    assert by_vocab[1000]["power_sampled_mb_per_1k"] == pytest.approx(0.0)
+    assert by_vocab[1000]["naive_sampled_mb_per_1k"] == pytest.approx(500.0)
+    assert "power_sampled_mb_per_1k" not in by_vocab[2000]  # one point: no slope
+    table = scaling.format_table(rows)
+    assert "| 1,000 | 0 | 500 |" in table and "| 2,000 | nan | nan |" in table

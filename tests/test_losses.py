@@ -116,7 +116,7 @@ def test_chunked_kl_equals_exact_kl_over_tokenizer_range_in_value_and_gradient()
     s_hidden_BTH.grad = None
     student.weight.grad = None
 
-    kl_BT, logp_BT = chunked_reverse_kl(
+    kl_BT, logp_BT, teacher_logp_BT = chunked_reverse_kl(
         student, teacher, s_hidden_BTH, t_hidden_BTH, tokens_BT, vocab_size=vocab, chunk_size=5
     )
     loss, _ = full_kl_loss(kl_BT, mask_BT, num_tokens=int(mask_BT.sum()))
@@ -128,6 +128,9 @@ def test_chunked_kl_equals_exact_kl_over_tokenizer_range_in_value_and_gradient()
     assert teacher.weight.grad is None
     torch.testing.assert_close(
         logp_BT, selected_logprobs_from_logits(student(s_hidden_BTH).detach(), tokens_BT)
+    )
+    torch.testing.assert_close(
+        teacher_logp_BT, selected_logprobs_from_logits(teacher(t_hidden_BTH)[..., :vocab], tokens_BT)
     )
 
 

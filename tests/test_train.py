@@ -271,3 +271,39 @@ def test_bf16_autocast_update_matches_float32(reward):
         grads.append(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]))
     assert torch.isfinite(grads[1]).all()
     assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
+def test_full_kl_takes_the_teacher_logprobs_from_its_own_pass():
+    """The train loop scores with logprobs=False for full_kl: the fused KL op's teacher log-probs give the
+    same gradient and the same logged log ratio as the scorer's; a sampled-token reward refuses to run."""
+    from conftest import make_char_tokenizer, make_tiny_qwen3
+
+    from poweropd.config import RewardConfig
+    from poweropd.models import output_layer
+    from poweropd.rollout import build_rollouts
+    from poweropd.teacher import HFScorer
+    from poweropd.train import Objective, compute_gradients
+
+    vocab = len(make_char_tokenizer())
+    student, teacher = make_tiny_qwen3(vocab, seed=0), make_tiny_qwen3(vocab, hidden=48, seed=1)
+    sequences_BL = torch.randint(3, vocab, (3, 12), generator=torch.Generator().manual_seed(0))
+    sequences_BL[0, 8] = 2
+    rollouts = build_rollouts(sequences_BL, torch.ones(3, 4, dtype=torch.long), (2, 0), pad_token_id=0)
+    scorer = HFScorer(teacher)
+    kwargs = {"micro_batch_size": 2, "teacher_output_layer": output_layer(teacher), "vocab_size": vocab}
+    results, grads = [], []
+    for logprobs in (True, False):
+        scores = scorer.score(rollouts, keep_hidden=True, logprobs=logprobs)
+        assert (scores.logp_BT is None) != logprobs
+        student.zero_grad(set_to_none=True)
+        objective = Objective.from_config(RewardConfig(name="full_kl"))
+        results.append(compute_gradients(student, rollouts, scores, objective, **kwargs))
+        grads.append([p.grad.clone() for p in student.parameters()])
+    torch.testing.assert_close(results[1].log_ratio_BT, results[0].log_ratio_BT)
+    assert results[1].mask_BT.sum() > 0 and results[1].log_ratio_BT.abs().sum() > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="needs the teacher's log-probs"):
+        compute_gradients(
+            student, rollouts, scores, Objective.from_config(RewardConfig(name="power")), **kwargs
+        )

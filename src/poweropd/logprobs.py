@@ -73,6 +73,7 @@ class _LinearTokenLogprob(torch.autograd.Function):
             picked_n = logits_nV.gather(-1, tokens_N[s : s + chunk, None]).squeeze(-1)
             logz_N[s : s + chunk] = exp_normalize_(logits_nV)[1]
             logp_N[s : s + chunk] = picked_n - logz_N[s : s + chunk]
+            del logits_nV  # freed before the next chunk's buffer exists: one V-sized buffer at a time
         ctx.save_for_backward(hidden_NH, weight_VH, tokens_N, logz_N)
         ctx.temperature, ctx.chunk = temperature, chunk
         return logp_N
@@ -99,6 +100,7 @@ class _LinearTokenLogprob(torch.autograd.Function):
                 grad_hidden_NH[s : s + ctx.chunk] = grad_nV @ weight_VH
             if need_weight:
                 grad_weight_VH.addmm_(grad_nV.T.to(acc_dtype), h_nH.to(acc_dtype))
+            del grad_nV
         return grad_hidden_NH, grad_weight_VH, None, None, None, None
 
 

@@ -128,6 +128,7 @@ class _FusedLinearPolicyGradient(torch.autograd.Function):
             if temperature != 1.0:
                 grad_nV.div_(temperature)
             grads.add(s, grad_nV, h_nH, weight_c)
+            del logits_nV, exp_nV, grad_nV  # one chunk's buffer at a time (else two at the next matmul)
         loss = -torch.where(mask_N, reward_N * logp_N, 0.0).sum() / num_tokens
         grads.save(ctx, hidden_NH, weight_VH)
         ctx.mark_non_differentiable(logp_N, reward_N)
@@ -216,19 +217,20 @@ def chunked_reverse_kl(
     vocab_size: int,
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Exact per-token reverse KL from hidden states, ``chunk_size`` positions at a time, float32 (B, T).
 
     Equal to ``reverse_kl_per_token`` on the two models' logits restricted to the first ``vocab_size``
     entries (the shared tokenizer range; Qwen3 pads its embedding beyond it). Under checkpointing, so the
-    backward pass recomputes one chunk of logits at a time. Also returns the student's (renormalised)
-    log-prob of the sampled token, detached, for the log-ratio diagnostics that every run logs.
+    backward pass recomputes one chunk of logits at a time. Also returns the student's and the teacher's
+    (renormalised) log-probs of the sampled token, detached, for the log-ratio diagnostics that every run
+    logs: (kl_BT, student_logp_BT, teacher_logp_BT).
     """
     B, T, _ = student_hidden_BTH.shape
     s_hidden_NH = student_hidden_BTH.reshape(B * T, -1)
     t_hidden_NH = teacher_hidden_BTH.reshape(B * T, -1)
     tokens_N = tokens_BT.reshape(B * T)
-    kls, logps = [], []
+    kls, logps, teacher_logps = [], [], []
     for start in range(0, B * T, chunk_size):
         stop = start + chunk_size
         args = (
@@ -241,12 +243,13 @@ def chunked_reverse_kl(
             temperature,
         )
         if torch.is_grad_enabled():
-            kl_N, logp_N, _ = checkpoint(_chunk_reverse_kl, *args, use_reentrant=False)
+            kl_N, logp_N, teacher_logp_N = checkpoint(_chunk_reverse_kl, *args, use_reentrant=False)
         else:
-            kl_N, logp_N, _ = _chunk_reverse_kl(*args)
+            kl_N, logp_N, teacher_logp_N = _chunk_reverse_kl(*args)
         kls.append(kl_N)
         logps.append(logp_N)
-    return torch.cat(kls).view(B, T), torch.cat(logps).view(B, T)
+        teacher_logps.append(teacher_logp_N)
+    return tuple(torch.cat(parts).view(B, T) for parts in (kls, logps, teacher_logps))
 
 
 def _rowwise_dot(a_nV: Tensor, b_nV: Tensor) -> Tensor:
@@ -305,6 +308,7 @@ class _FusedLinearReverseKL(torch.autograd.Function):
             grad_nV = diff_nV.sub_(kl_n[:, None]).mul_(probs_nV).mul_(scale_n1)
             del probs_nV
             grads.add(s, grad_nV, h_nH, weight_c)
+            del diff_nV, grad_nV
         loss = (weight_N * kl_N).sum()
         grads.save(ctx, hidden_NH, weight_VH)
         ctx.mark_non_differentiable(kl_N, logp_N, teacher_logp_N)

@@ -18,12 +18,15 @@ from .rollout import Rollouts
 
 @dataclass
 class TeacherScores:
-    logp_BT: Tensor  # log π_T of each sampled response token, float32
+    logp_BT: Tensor | None  # log π_T of each sampled response token, float32 (None: not asked for)
     hidden_BTH: Tensor | None = None  # final hidden states, kept for full-vocabulary losses
 
 
 class Scorer(Protocol):
-    def score(self, rollouts: Rollouts, *, keep_hidden: bool = False) -> TeacherScores: ...
+    def score(self, rollouts: Rollouts, *, keep_hidden: bool = False, logprobs: bool = True) -> TeacherScores:
+        """``logprobs=False`` skips the teacher's output layer: a full-vocabulary loss that gets the hidden
+        states (``keep_hidden``) computes the teacher's log-probs with the KL, chunk by chunk."""
+        ...
 
 
 class HFScorer:
@@ -34,15 +37,17 @@ class HFScorer:
         self.temperature, self.chunk_size = temperature, chunk_size
 
     @torch.no_grad()
-    def score(self, rollouts: Rollouts, *, keep_hidden: bool = False) -> TeacherScores:
+    def score(self, rollouts: Rollouts, *, keep_hidden: bool = False, logprobs: bool = True) -> TeacherScores:
         device = next(self.model.parameters()).device
         r = rollouts.to(device)
         hidden_BTH = response_hidden_states(self.model, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
-        logp_BT, _ = chunked_token_logprobs(
-            output_layer(self.model),
-            hidden_BTH,
-            r.response_ids_BT,
-            temperature=self.temperature,
-            chunk_size=self.chunk_size,
-        )
+        logp_BT = None
+        if logprobs:
+            logp_BT, _ = chunked_token_logprobs(
+                output_layer(self.model),
+                hidden_BTH,
+                r.response_ids_BT,
+                temperature=self.temperature,
+                chunk_size=self.chunk_size,
+            )
         return TeacherScores(logp_BT=logp_BT, hidden_BTH=hidden_BTH if keep_hidden else None)

@@ -257,7 +257,11 @@ def compute_gradients(
     device = next(student.parameters()).device
     rollouts = rollouts.to(device)
     mask_BT = rollouts.loss_mask(include_stop_token)
-    teacher_logp_BT = teacher.logp_BT.to(device)
+    full_kl = objective.name == "full_kl"
+    if teacher.logp_BT is None and not full_kl:
+        raise ValueError(f"compute_gradients: {objective.name} needs the teacher's log-probs (logprobs=True)")
+    # full_kl computes the teacher's log-probs with the KL (the scorer may skip its output layer)
+    teacher_logp_BT = None if full_kl else teacher.logp_BT.to(device)
     num_tokens = comm.sum(mask_BT.sum().float()).clamp(min=1).item()
     B = mask_BT.shape[0]
     micro = [slice(i, min(i + micro_batch_size, B)) for i in range(0, B, micro_batch_size)]
@@ -277,23 +281,26 @@ def compute_gradients(
             )
         precomputed_reward_BT = _batch_rewards(objective, teacher_logp_BT, logp_BT, mask_BT, comm)
 
-    loss_total, rewards, logps = 0.0, [], []
+    loss_total, rewards, logps, teacher_logps = 0.0, [], [], []
     for s in micro:
         mb = rollouts.select(s)
         with amp:
-            if objective.name == "full_kl":
+            if full_kl:
                 hidden_BTH = response_hidden_states(
                     student, mb.input_ids_BL, mb.attention_mask_BL, mb.prompt_len
                 )
                 kl_args = (output_layer(student), teacher_output_layer, hidden_BTH, teacher.hidden_BTH[s])
                 kl_kwargs = {"vocab_size": vocab_size, "temperature": temperature, "chunk_size": chunk_size}
                 if is_plain_linear(kl_args[0]) and is_plain_linear(kl_args[1]):
-                    loss, kl_BT, logp_BT, _ = fused_reverse_kl_loss(
+                    loss, kl_BT, logp_BT, mb_teacher_logp_BT = fused_reverse_kl_loss(
                         *kl_args, mb.response_ids_BT, mask_BT[s], num_tokens=num_tokens, **kl_kwargs
                     )
                 else:
-                    kl_BT, logp_BT = chunked_reverse_kl(*kl_args, mb.response_ids_BT, **kl_kwargs)
+                    kl_BT, logp_BT, mb_teacher_logp_BT = chunked_reverse_kl(
+                        *kl_args, mb.response_ids_BT, **kl_kwargs
+                    )
                     loss, _ = full_kl_loss(kl_BT, mask_BT[s], num_tokens=num_tokens)
+                teacher_logps.append(mb_teacher_logp_BT)
                 reward_BT = torch.where(mask_BT[s], -kl_BT.detach(), 0.0)
             elif not objective.needs_batch_statistics and is_plain_linear(output_layer(student)):
                 hidden_BTH = response_hidden_states(
@@ -326,6 +333,8 @@ def compute_gradients(
 
     comm.sum_gradients([p for p in student.parameters() if p.requires_grad])
     student_logp_BT = torch.cat(logps)
+    if full_kl:
+        teacher_logp_BT = torch.cat(teacher_logps)
     log_ratio_BT = torch.where(mask_BT, teacher_logp_BT - student_logp_BT, 0.0)
     loss = comm.sum(torch.tensor(loss_total, device=device)).item()
     return UpdateResult(loss, torch.cat(rewards), log_ratio_BT, student_logp_BT, mask_BT)
@@ -451,7 +460,8 @@ def train(
         t_sample = time.perf_counter()
 
         # 2. score ---------------------------------------------------------------------------------
-        teacher_scores = scorer.score(rollouts, keep_hidden=objective.name == "full_kl")
+        full_kl = objective.name == "full_kl"  # its loss computes the teacher's log-probs with the KL
+        teacher_scores = scorer.score(rollouts, keep_hidden=full_kl, logprobs=not full_kl)
         t_score = time.perf_counter()
 
         # 3. reward + 4. update --------------------------------------------------------------------
