@@ -11,6 +11,7 @@ from poweropd.losses import (
     chunked_reverse_kl,
     full_kl_loss,
     fused_policy_gradient_loss,
+    fused_reverse_kl_loss,
     policy_gradient_loss,
     reverse_kl_per_token,
 )
@@ -236,8 +237,6 @@ def test_fused_policy_gradient_accumulates_into_a_tied_embedding():
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_fused_kl_equals_exact_kl_in_value_and_gradient(temperature):
-    from poweropd.losses import fused_reverse_kl_loss
-
     student, teacher = _layers(seed=6)
     vocab = 37  # teacher has 5 padding rows beyond the tokenizer, as Qwen3 does
     s_hidden_BTH = torch.randn(2, 9, 16, requires_grad=True)
@@ -277,8 +276,6 @@ def test_fused_kl_equals_exact_kl_in_value_and_gradient(temperature):
 def test_fused_kl_under_bf16_autocast_reduces_in_float32():
     # bf16 matmuls for the logits, then float32 softmaxes and KL: equal to the exact KL of the bf16 logits.
     # (autocast would run the bmm reduction in bf16 unless the op turns it off)
-    from poweropd.losses import fused_reverse_kl_loss
-
     student, teacher = _layers(seed=7, vocab=301)
     s_hidden_BTH = torch.randn(2, 6, 16, requires_grad=True)
     t_hidden_BTH = torch.randn(2, 6, 20)

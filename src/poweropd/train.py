@@ -4,8 +4,8 @@ Per optimizer step, on each process:
 
 1. **sample**  the student writes one rollout per prompt (HF ``generate``, temperature 1, top-p 1, top-k 0,
    stopping at any stop token);
-2. **score**   the frozen teacher gives log π_T of every sampled token (and keeps its final hidden states
-   for ``full_kl``);
+2. **score**   the frozen teacher gives log π_T of every sampled token (for ``full_kl`` it keeps its final
+   hidden states instead: the fused KL op computes log π_T with the KL);
 3. **reward**  r_t from the registry, computed from the *same* student forward that the update uses,
    detached — there is no extra student pass;
 4. **update**  L = −Σ_t sg[r_t] · log π_S(o_t) / N with N the valid tokens of the whole batch (every
