@@ -4,8 +4,9 @@
 # batch 8, 1024-token responses after 256-token prompts (the paper's Table 4 setting).
 #   1. --check: on one batch (2 × 512), our paths against the naive recipes (loss, gradient error) in bf16;
 #   2. per mode, in a fresh process: median step time, teacher-score and student-update phases, and peak
-#      CUDA memory above the step's start, and the same above body_floor (the decoder bodies alone). Ours
-#      first: the naive recipes may run out of memory (reported).
+#      CUDA memory above the step's start, and the same above body_floor (the decoder bodies alone); and
+#      matmul_floor (the bodies and the vocabulary matmuls, no softmax). Ours first: the naive recipes may
+#      run out of memory (reported).
 #   3. report.md: both groups in one table, with the ratios.
 # About 4 minutes on an H200; every part has its own timeout, so the whole script ends within 8.
 #
@@ -34,7 +35,7 @@ fi
 status=0
 timeout 100 "$PY" benchmarks/step_bench.py "${CHECK[@]}" --check --json "$OUT_DIR/check.json" 2>&1 | tee -a "$LOG" \
   || status=1
-timeout 200 "$PY" benchmarks/step_bench.py "${SHAPE[@]}" --modes power_sampled full_kl_chunked body_floor \
+timeout 200 "$PY" benchmarks/step_bench.py "${SHAPE[@]}" --modes power_sampled full_kl_chunked body_floor matmul_floor \
   --json "$OUT_DIR/ours.json" 2>&1 | tee -a "$LOG" || status=1
 timeout 180 "$PY" benchmarks/step_bench.py "${SHAPE[@]}" --modes naive_sampled full_kl_naive \
   --json "$OUT_DIR/naive.json" 2>&1 | tee -a "$LOG" || status=1

@@ -14,13 +14,17 @@ Modes (``MODES`` below):
 - ``body_floor``       the floor under every mode: the teacher's and the student's decoder bodies (forward;
                        forward + backward of a trivial loss) and the optimizer step, no output layer. The
                        report shows each mode's time and memory above it: the cost of the output layer.
+- ``matmul_floor``     ``body_floor`` plus the vocabulary-sized matmuls of our fused paths (the teacher's
+                       logits; the student's logits, ∂hidden and ∂W), chunk by chunk, without any softmax:
+                       the floor set by the matmuls. Our paths add the elementwise (exp) passes to it.
 
 The naive recipes get the logits of the T response positions only (``logits_to_keep``), not of the prompt:
 the comparison is with the cheapest version of the naive recipe.
 
 Each mode runs in a fresh process (this script with ``--worker MODE``) so that one mode's allocator state
 cannot flatter the next. A worker builds the models, the rollouts and AdamW, takes ``--warmup`` steps (so
-the Adam state exists), then ``--repeats`` measured steps, and reports the median.
+the Adam state exists), then ``--repeats`` timed steps, and reports the median; on the CPU it then takes
+``--repeats`` more steps to measure memory (the RSS sampler below would slow the timed ones).
 
 Peak memory is the peak of the step *above* what the process held just before it (models, optimizer
 state, batch):
@@ -56,7 +60,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 QWEN3_VOCAB = 151_936
-MODE_NAMES = ("power_sampled", "naive_sampled", "full_kl_naive", "full_kl_chunked", "body_floor")
+MODE_NAMES = (
+    "power_sampled",
+    "naive_sampled",
+    "full_kl_naive",
+    "full_kl_chunked",
+    "body_floor",
+    "matmul_floor",
+)
 
 # name -> (layers, hidden, heads, kv heads, head_dim, intermediate, tied embeddings)
 SHAPES = {
@@ -301,6 +312,60 @@ def body_floor_update(ctx: Context, _teacher_hidden_BTH) -> float:
     return loss.item()
 
 
+def _chunk_size(ctx: Context) -> int:
+    from poweropd.logprobs import DEFAULT_CHUNK_SIZE
+
+    return ctx.cfg.chunk_size or DEFAULT_CHUNK_SIZE
+
+
+def matmul_floor_score(ctx: Context):
+    """The teacher's body and its output-layer matmul, chunk by chunk, and nothing else."""
+    import torch
+
+    from poweropd.logprobs import compute_dtype_for
+    from poweropd.models import output_layer
+
+    hidden_BTH = body_floor_score(ctx)
+    hidden_NH = hidden_BTH.reshape(-1, hidden_BTH.shape[-1])
+    weight_VH = output_layer(ctx.teacher).weight
+    with torch.no_grad():
+        for s in range(0, hidden_NH.shape[0], _chunk_size(ctx)):
+            logits_nV = hidden_NH[s : s + _chunk_size(ctx)].to(compute_dtype_for(hidden_NH)) @ weight_VH.T
+            del logits_nV
+    return hidden_BTH
+
+
+def matmul_floor_update(ctx: Context, _teacher_hidden_BTH) -> float:
+    """The student's body forward and backward around the three vocabulary-sized matmuls of a fused
+    output layer (logits, ∂hidden, ∂W) with the logits standing in for their gradient: no softmax, no
+    loss. The floor that the matmuls set; our paths add the elementwise passes to it."""
+    import torch
+
+    from poweropd.logprobs import compute_dtype_for
+    from poweropd.models import output_layer, response_hidden_states
+
+    r = ctx.rollouts
+    weight_VH = output_layer(ctx.student).weight
+    with ctx.autocast():
+        hidden_BTH = response_hidden_states(ctx.student, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
+    dtype = compute_dtype_for(hidden_BTH) if ctx.amp_dtype is None else ctx.amp_dtype
+    hidden_NH = hidden_BTH.detach().reshape(-1, hidden_BTH.shape[-1]).to(dtype)
+    weight_c = weight_VH.detach().to(dtype)
+    grad_hidden_NH = torch.empty_like(hidden_NH)
+    grad_weight_VH = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
+    for s in range(0, hidden_NH.shape[0], _chunk_size(ctx)):
+        h_nH = hidden_NH[s : s + _chunk_size(ctx)]
+        logits_nV = h_nH @ weight_c.T
+        grad_hidden_NH[s : s + _chunk_size(ctx)] = logits_nV @ weight_c
+        grad_weight_VH.add_((logits_nV.T @ h_nH).float())
+        del logits_nV
+    hidden_BTH.backward(grad_hidden_NH.view(hidden_BTH.shape).to(hidden_BTH.dtype) * 1e-6)
+    weight_VH.grad = (
+        grad_weight_VH.to(weight_VH.dtype) if weight_VH.grad is None else weight_VH.grad + grad_weight_VH
+    )
+    return 0.0
+
+
 @dataclass(frozen=True)
 class Mode:
     score: Callable  # ctx -> teacher data
@@ -317,6 +382,7 @@ MODES: dict[str, Mode] = {
         functools.partial(ours_score, keep_hidden=True), functools.partial(ours_update, objective="full_kl")
     ),
     "body_floor": Mode(body_floor_score, body_floor_update),
+    "matmul_floor": Mode(matmul_floor_score, matmul_floor_update),
 }
 
 
@@ -442,7 +508,8 @@ class CudaPeak:
 
 
 def run_worker(mode_name: str, cfg: BenchConfig) -> dict:
-    """Warm-up then ``cfg.repeats`` measured steps of one mode in this process; times and peak memory."""
+    """Warm-up, ``cfg.repeats`` timed steps (CUDA: with their peak memory), then on the CPU ``cfg.repeats``
+    steps under the RSS sampler for the peak memory; one mode, in this process."""
     import torch
 
     from poweropd.config import OptimConfig
@@ -473,23 +540,24 @@ def run_worker(mode_name: str, cfg: BenchConfig) -> dict:
     for _ in range(cfg.warmup):
         step()
     samples = {key: [] for key in SAMPLE_KEYS}
-    for _ in range(cfg.repeats):
-        meter = CudaPeak(torch.device(cfg.device)) if cuda else RSSPeak()
+    for _ in range(cfg.repeats):  # timed steps; on CUDA the peak counter costs nothing, so measured here too
+        meter = CudaPeak(torch.device(cfg.device)) if cuda else contextlib.nullcontext()
         cpu0 = time.process_time()
         with meter:
             loss, t_score, t_update = step()
-        for key, value in zip(
-            SAMPLE_KEYS,
-            (
-                t_score + t_update,
-                meter.extra_bytes / 2**20,
-                t_score,
-                t_update,
-                time.process_time() - cpu0,
-                loss,
-            ),
-        ):
-            samples[key].append(value)
+        samples["times"].append(t_score + t_update)
+        samples["score_times"].append(t_score)
+        samples["update_times"].append(t_update)
+        samples["cpu_times"].append(time.process_time() - cpu0)
+        samples["losses"].append(loss)
+        if cuda:
+            samples["peaks_mb"].append(meter.extra_bytes / 2**20)
+    for _ in range(0 if cuda else cfg.repeats):
+        # CPU memory in separate steps: the RSS sampler thread polls every 0.2 ms and would slow the timed
+        # steps (on 2 cores a step took ~1.5× as long with it)
+        with RSSPeak() as meter:
+            step()
+        samples["peaks_mb"].append(meter.extra_bytes / 2**20)
     return summarize(samples) | {"threads": torch.get_num_threads()}
 
 
@@ -586,6 +654,15 @@ def format_report(result: dict) -> str:
         lines.append(
             f"| {row['ours']} / {row['ref']} {row['metric']} | {row['ratio']:.3f} | ≤ {row['bound']} | {verdict} |"
         )
+    floor_rows = [
+        f"| {name} / matmul_floor time | {modes[name]['time_s'] / modes['matmul_floor']['time_s']:.3f} |"
+        for name in ("power_sampled", "full_kl_chunked", "naive_sampled", "full_kl_naive")
+        if name in modes
+        and "error" not in modes[name]
+        and "error" not in modes.get("matmul_floor", {"error": 1})
+    ]
+    if floor_rows:
+        lines += ["", "| against the floor set by the matmuls | ratio |", "|---|---|", *floor_rows]
     return "\n".join(lines)
 
 
