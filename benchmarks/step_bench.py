@@ -709,7 +709,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, BenchConfig]:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="batch 4 × 128 response tokens, chunk 128, 2 rounds × 3 steps: the table of BENCHMARKS.md (4-9 min here)",
+        help="batch 4 × 128 response tokens, chunk 128, 2 rounds × 3 steps: the table of BENCHMARKS.md (~4 min here)",
     )
     p.add_argument(
         "--dry-run",
