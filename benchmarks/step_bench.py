@@ -411,7 +411,6 @@ def grad_agreement(grad, ref) -> tuple[float, float]:
 
 def compare_pair(ctx: Context, ours: str, naive: str) -> dict:
     """Loss of each, and per parameter the gradients' relative error ‖g − g_ref‖/‖g_ref‖ and cosine."""
-
     loss_ours, grads_ours = loss_and_grads(ours, ctx)
     loss_naive, grads_naive = loss_and_grads(naive, ctx)
     if grads_ours.keys() != grads_naive.keys():
@@ -693,7 +692,7 @@ def merge_results(results: list[dict]) -> dict:
     separate timeouts) as one result, with the targets recomputed across them."""
     configs = {json.dumps(r["config"], sort_keys=True) for r in results}
     if len(configs) > 1:
-        raise SystemExit("step_bench.py --merge: the results were measured with different configs")
+        raise ValueError("the results were measured with different configs")
     merged = {"config": results[0]["config"], "modes": {}}
     for r in results:
         merged["modes"].update(r["modes"])
@@ -781,7 +780,14 @@ def main(argv=None) -> int:
         args.worker_out.write_text(json.dumps(run_worker(args.worker, cfg)))
         return 0
     if args.merge:
-        result = merge_results([json.loads(path.read_text()) for path in args.merge])
+        try:
+            result = merge_results([json.loads(path.read_text()) for path in args.merge])
+        except (OSError, ValueError, KeyError) as e:  # one line, exit 2, as every user-facing failure
+            print(
+                f"step_bench.py --merge: {e} (expected results written by step_bench.py --json)",
+                file=sys.stderr,
+            )
+            return 2
         print(format_report(result))
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))

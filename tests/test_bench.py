@@ -165,3 +165,19 @@ def test_scaling_slopes_are_least_squares_in_mb_per_1k_positions():
     assert "power_sampled_mb_per_1k" not in by_vocab[2000]  # one point: no slope
     table = scaling.format_table(rows)
     assert "| 1,000 | 0 | 500 |" in table and "| 2,000 | nan | nan |" in table
+
+
+def test_merge_recomputes_targets_across_runs_and_refuses_bad_input(tmp_path, capsys):
+    config = {"vocab": 96}
+    ours = {"config": config, "modes": {"power_sampled": {"time_s": 1.0, "peak_mb": 10.0}}}
+    naive = {"config": config, "modes": {"full_kl_naive": {"time_s": 4.0, "peak_mb": 100.0}}}
+    merged = sb.merge_results([ours, naive])
+    assert set(merged["modes"]) == {"power_sampled", "full_kl_naive"}
+    assert {(r["metric"], r["ratio"]) for r in merged["targets"]} == {("time_s", 0.25), ("peak_mb", 0.1)}
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps(ours))
+    paths[1].write_text(json.dumps({**naive, "config": {"vocab": 512}}))
+    assert sb.main(["--merge", *map(str, paths)]) == 2
+    assert sb.main(["--merge", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "different configs" in err[0] and "missing.json" in err[1]
