@@ -327,10 +327,10 @@ def matmul_floor_score(ctx: Context):
 
     hidden_BTH = body_floor_score(ctx)
     hidden_NH = hidden_BTH.reshape(-1, hidden_BTH.shape[-1])
-    weight_VH = output_layer(ctx.teacher).weight
+    weight_VH, chunk = output_layer(ctx.teacher).weight, _chunk_size(ctx)
     with torch.no_grad():
-        for s in range(0, hidden_NH.shape[0], _chunk_size(ctx)):
-            logits_nV = hidden_NH[s : s + _chunk_size(ctx)].to(compute_dtype_for(hidden_NH)) @ weight_VH.T
+        for s in range(0, hidden_NH.shape[0], chunk):
+            logits_nV = hidden_NH[s : s + chunk].to(compute_dtype_for(hidden_NH)) @ weight_VH.T
             del logits_nV
     return hidden_BTH
 
@@ -341,22 +341,21 @@ def matmul_floor_update(ctx: Context, _teacher_hidden_BTH) -> float:
     loss. The floor that the matmuls set; our paths add the elementwise passes to it."""
     import torch
 
-    from poweropd.logprobs import compute_dtype_for
     from poweropd.models import output_layer, response_hidden_states
 
     r = ctx.rollouts
-    weight_VH = output_layer(ctx.student).weight
+    weight_VH, chunk = output_layer(ctx.student).weight, _chunk_size(ctx)
     with ctx.autocast():
         hidden_BTH = response_hidden_states(ctx.student, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
-    dtype = compute_dtype_for(hidden_BTH) if ctx.amp_dtype is None else ctx.amp_dtype
+    dtype = ctx.amp_dtype or hidden_BTH.dtype  # the matmul dtype of the fused ops under this autocast
     hidden_NH = hidden_BTH.detach().reshape(-1, hidden_BTH.shape[-1]).to(dtype)
     weight_c = weight_VH.detach().to(dtype)
     grad_hidden_NH = torch.empty_like(hidden_NH)
     grad_weight_VH = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
-    for s in range(0, hidden_NH.shape[0], _chunk_size(ctx)):
-        h_nH = hidden_NH[s : s + _chunk_size(ctx)]
+    for s in range(0, hidden_NH.shape[0], chunk):
+        h_nH = hidden_NH[s : s + chunk]
         logits_nV = h_nH @ weight_c.T
-        grad_hidden_NH[s : s + _chunk_size(ctx)] = logits_nV @ weight_c
+        grad_hidden_NH[s : s + chunk] = logits_nV @ weight_c
         grad_weight_VH.add_((logits_nV.T @ h_nH).float())
         del logits_nV
     hidden_BTH.backward(grad_hidden_NH.view(hidden_BTH.shape).to(hidden_BTH.dtype) * 1e-6)
@@ -653,12 +652,11 @@ def format_report(result: dict) -> str:
         lines.append(
             f"| {row['ours']} / {row['ref']} {row['metric']} | {row['ratio']:.3f} | ≤ {row['bound']} | {verdict} |"
         )
+    matmul_floor = modes.get("matmul_floor", {"error": "not run"})
     floor_rows = [
-        f"| {name} / matmul_floor time | {modes[name]['time_s'] / modes['matmul_floor']['time_s']:.3f} |"
+        f"| {name} / matmul_floor time | {modes[name]['time_s'] / matmul_floor['time_s']:.3f} |"
         for name in ("power_sampled", "full_kl_chunked", "naive_sampled", "full_kl_naive")
-        if name in modes
-        and "error" not in modes[name]
-        and "error" not in modes.get("matmul_floor", {"error": 1})
+        if "error" not in matmul_floor and "error" not in modes.get(name, {"error": "not run"})
     ]
     if floor_rows:
         lines += ["", "| against the floor set by the matmuls | ratio |", "|---|---|", *floor_rows]
