@@ -1,7 +1,14 @@
 """Final-answer extraction and equivalence checking for math benchmarks (math-verify).
 
-``extract_answer`` finds what a response commits to (its last ``\\boxed{}``, else a few plain-text patterns);
-``grade`` decides whether that answer equals a gold answer, symbolically, with math-verify.
+What a response commits to (issue #12):
+  1. its last complete ``\\boxed{}`` (with several boxes against a gold set, the last k boxes together);
+  2. else the text after the last explicit marker ("#### X", "the final answer is X", "the answer is X",
+     "answer: X"), since base models often go on writing after it;
+  3. else what math-verify's own LaTeX and expression extraction finds over the whole response (its final
+     answer span, not the last number).
+``grade`` compares that answer with the gold answer(s) with math-verify's ``verify``. A bare answer (a box, a
+marker span, a gold) is first rewritten by ``grading_numbers.readings`` for the number forms math-verify's LaTeX
+parser misreads (thousands separators, decimal commas, mixed numbers, ...).
 """
 
 from __future__ import annotations
@@ -10,21 +17,28 @@ import re
 import threading
 from functools import lru_cache
 
+from .grading_numbers import readings, top_level_parts
+
 # math-verify bounds each parse/compare with signal.alarm; whole seconds, main thread only.
 TIMEOUT_S = 5
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(,\d{3})+(\.\d+)?$")
-_SCIENTIFIC = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
-_LEADING_NUMBER = re.compile(r"^\\?\$?\s*(-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)")
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
-# Plain-text fallbacks, most explicit first; each takes the LAST match in the response.
-_FALLBACKS = (
+# Explicit markers, most explicit first; each takes the LAST match in the response.
+_MARKERS = (
     re.compile(r"####\s*([^\n]+)"),
     re.compile(r"(?i)final answer is[:\s]*([^\n]+)"),
     re.compile(r"(?i)the answer is[:\s]*([^\n]+)"),
     re.compile(r"(?i)answer\s*:\s*([^\n]+)"),
 )
+# "The answer is 42 because ...": the span ends with its sentence.
+_SENTENCE_END = re.compile(r"\.\s|\.$|\s\(|,\s(?=[a-zA-Z])|\s+I hope")
+# "12 dollars", "$26", "4 4/9 apples": a span that starts with a number commits to that number.
+_LEADING_NUMBER = re.compile(
+    r"^\\?\$?\s*([-+]?\d+(?:[ ,]\d{3})*(?:[.,]\d+)?(?: \d+/\d+|/\d+)?(?:\s*(?:\\?%|percent\b))?)"
+)
+_PROSE = re.compile(r"[a-zA-Z]{3,}\s+[a-zA-Z]{2,}")
+_WORD = re.compile(r"\b(?!percent\b|percentage\b|pct\b)[a-zA-Z]{3,}")
+_COMMAND_OR_GROUP = re.compile(r"\\[a-zA-Z]+|\{[^{}]*\}")
 
 
 def _braced(text: str, start: int) -> str | None:
@@ -60,43 +74,36 @@ def boxed_contents(response: str) -> list[str]:
 
 def _clean(answer: str) -> str:
     # Sentence punctuation, markdown bold ("**42**") and inline-math delimiters are never part of an answer.
-    answer = answer.strip().rstrip(".").strip("* \t")
+    answer = answer.strip().rstrip(".,;").strip("* \t")
     if len(answer) >= 2 and answer[0] == answer[-1] == "$":
-        answer = answer[1:-1]
+        answer = answer.strip("$")
     elif answer.startswith("\\(") and answer.endswith("\\)"):
         answer = answer[2:-2]
-    return answer.strip().rstrip(".").strip()
+    # A trailing backslash ("185\\") is a stray line break, never part of an answer.
+    return answer.strip().rstrip(".").rstrip("\\").strip()
 
 
-def extract_answer(response: str) -> str | None:
-    """The answer a response commits to: the last complete box, else "#### X", "the answer is X",
-    "answer: X", else the last number in the text; None when there is none.
-
-    An unclosed box (a response cut at max_new_tokens) is skipped, so an earlier complete box still counts.
-    """
-    boxes = boxed_contents(response)
-    if boxes:
-        return _clean(boxes[-1])
-    for pattern in _FALLBACKS:
+def _marker_span(response: str) -> str | None:
+    """The text after the last match of the most explicit marker present, up to the end of its sentence."""
+    for pattern in _MARKERS:
         matches = pattern.findall(response)
         if matches:
-            # "The answer is 42 because ..." keeps the text up to the end of the sentence.
-            answer = _clean(re.split(r"\.\s|\s\(|,\s(?=[a-zA-Z])", matches[-1])[0])
-            if answer:
-                return answer
-    numbers = _NUMBER.findall(response)
-    return numbers[-1] if numbers else None
+            span = _clean(_SENTENCE_END.split(matches[-1])[0])
+            if span:
+                return span
+    return None
 
 
-def _normalize(answer: str) -> str:
-    """Rewrite notations that math-verify's LaTeX parser misreads: "1,000" (a set) and "4.5e33" (4.5·e·33)."""
-    answer = answer.strip().replace("{,}", ",")
-    if _THOUSANDS.match(answer):
-        return answer.replace(",", "")
-    scientific = _SCIENTIFIC.match(answer)
-    if scientific:
-        return f"{scientific.group(1)} \\times 10^{{{scientific.group(2)}}}"
-    return answer
+def _outside_latex(text: str) -> str:
+    """The text without LaTeX commands and brace groups: "\\text{odd} cm" -> "   cm"."""
+    for _ in range(4):  # nested groups, innermost first
+        text = _COMMAND_OR_GROUP.sub(" ", text)
+    return text
+
+
+def _is_bare(answer: str) -> bool:
+    """An answer without prose: no "$" and no word (percent aside) outside LaTeX commands and their groups."""
+    return "$" not in answer and _WORD.search(_outside_latex(answer)) is None
 
 
 def _timeout() -> int | None:
@@ -105,47 +112,104 @@ def _timeout() -> int | None:
 
 
 @lru_cache(maxsize=8192)
-def _parse_gold(gold: str) -> tuple:
-    from math_verify import LatexExtractionConfig, parse
-
-    return tuple(
-        parse(f"\\boxed{{{_normalize(gold)}}}", [LatexExtractionConfig()], parsing_timeout=_timeout())
-    )
-
-
-@lru_cache(maxsize=8192)
-def _parse_answer(answer: str) -> tuple:
+def _parse_bare(answer: str) -> tuple[tuple, ...]:
+    """Every reading of a bare answer, each parsed as the content of a box (LaTeX, then plain expressions)."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     configs = [LatexExtractionConfig(), ExprExtractionConfig()]
-    return tuple(parse(f"\\boxed{{{_normalize(answer)}}}", configs, parsing_timeout=_timeout()))
+    parsed = (tuple(parse(f"\\boxed{{{r}}}", configs, parsing_timeout=_timeout())) for r in readings(answer))
+    return tuple(p for p in parsed if p)
 
 
-def _top_level_parts(text: str) -> int:
-    """Number of comma-separated parts outside brackets: "a, (b, c)" has 2."""
-    depth, parts = 0, 1
-    for ch in text:
-        depth += ch in "([{"
-        depth -= ch in ")]}"
-        parts += ch == "," and depth == 0
-    return parts
+@lru_cache(maxsize=4096)
+def _parse_text(text: str) -> tuple[tuple, ...]:
+    """math-verify's extraction over a whole text (its final answer span); one reading, or none."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    parsed = tuple(parse(text, [LatexExtractionConfig(), ExprExtractionConfig()], parsing_timeout=_timeout()))
+    return (parsed,) if parsed else ()
 
 
-def answer_candidates(response: str, golds: list[str]) -> list[str]:
-    """What to compare with the golds: the extracted answer and, for a gold listing k answers ("a, b"),
-    the last k boxes joined, since a response may box each of several answers separately."""
-    extracted = extract_answer(response)
-    candidates = [extracted] if extracted is not None else []
+def _is_text_gold(gold: str) -> bool:
+    """A gold written as a solution or as "$...$" (public graders' tests have both) rather than a bare answer."""
+    if "\\boxed" in gold or gold.lstrip().startswith(("$", "\\(", "\\[")):
+        return True
+    return _PROSE.search(_outside_latex(gold)) is not None
+
+
+def _parse_gold(gold: str) -> tuple[tuple, ...]:
+    return _parse_text(gold) if _is_text_gold(gold) else _parse_bare(_clean(gold))
+
+
+def _commitment(response: str) -> tuple[str, str]:
+    """(kind, answer) of what a response commits to: ("box", its content), ("bare", an answer to parse as it
+    stands) or ("text", a text to extract the answer from, with math-verify)."""
     boxes = boxed_contents(response)
-    if not boxes and extracted:
-        # "The answer is 12 dollars": without a box the phrase may carry words; its leading number counts too.
-        leading = _LEADING_NUMBER.match(extracted)
-        if leading and leading.group(1) != extracted:
-            candidates.append(leading.group(1))
-    for k in sorted({_top_level_parts(g) for g in golds}):
-        if 1 < k <= len(boxes):
-            candidates.append(", ".join(_clean(b) for b in boxes[-k:]))
-    return candidates
+    if boxes:
+        return "box", _clean(boxes[-1])
+    span = _marker_span(response)
+    if span is not None:
+        if _is_bare(span):
+            return "bare", span
+        leading = _LEADING_NUMBER.match(span)  # "12 dollars", "$26", "4 4/9 apples"
+        return ("bare", leading.group(1)) if leading else ("text", span)  # "The largest $n$ is 34"
+    if "\n" not in response.strip() and _is_bare(response):
+        # A one-line answer ("1 000", "4 4/9 percent") whose number form math-verify's extraction misreads.
+        return "bare", _clean(response)
+    return "text", response
+
+
+def _lone_word(response: str) -> str | None:
+    # A one-word response that math-verify finds nothing in ("odd") is the answer itself.
+    word = _clean(response)
+    return word if word and not re.search(r"\s", word) else None
+
+
+def extract_answer(response: str) -> str | None:
+    """The answer a response commits to, as text: the last complete box, else the span after the last explicit
+    marker, else the span math-verify's extraction matched; None when there is none.
+
+    An unclosed box (a response cut at max_new_tokens) is skipped, so an earlier complete box still counts.
+    """
+    kind, answer = _commitment(response)
+    if kind != "text":
+        return answer
+    for reading in _parse_text(answer):
+        strings = [x for x in reading if isinstance(x, str)]
+        return strings[0] if strings else str(reading[0])
+    return answer if answer != response else _lone_word(response)
+
+
+def _set_sizes(golds: list[str]) -> set[int]:
+    """How many answers each gold lists: "69,84" and "\\{1,2,3\\}" list 2 and 3."""
+    from sympy import FiniteSet
+
+    sizes = {top_level_parts(g) for g in golds if not _is_text_gold(g)}
+    for g in golds:
+        for reading in _parse_gold(g)[:1]:
+            if isinstance(reading[0], FiniteSet):
+                sizes.add(len(reading[0].args))
+    return sizes
+
+
+def answer_readings(response: str, golds: list[str]) -> list[tuple]:
+    """The parsed readings of what the response commits to (see ``_commitment``), to compare with the golds."""
+    kind, answer = _commitment(response)
+    if kind == "box":
+        found = list(_parse_bare(answer))
+        if response.count("\\boxed") + response.count("\\fbox") > 1:
+            # A response may box each of several answers separately: the last k boxes against a gold listing k.
+            boxes = boxed_contents(response)
+            for k in sorted(_set_sizes(golds)):
+                if 1 < k <= len(boxes):
+                    found += _parse_bare(", ".join(_clean(b) for b in boxes[-k:]))
+        return found
+    found = _parse_bare(answer) if kind == "bare" else _parse_text(answer)
+    if not found and answer != response:  # a marker span or a line that does not parse: the whole response
+        found = _parse_text(response)
+    if not found and _lone_word(response):
+        found = _parse_bare(_lone_word(response))
+    return list(found)
 
 
 def grade(response: str, gold: str | list[str]) -> bool:
@@ -157,13 +221,12 @@ def grade(response: str, gold: str | list[str]) -> bool:
     try:
         from math_verify import verify
 
-        for candidate in answer_candidates(response, golds):
-            predicted = list(_parse_answer(candidate))
-            if not predicted:
-                continue
-            for g in golds:
-                expected = list(_parse_gold(g))
-                if expected and verify(expected, predicted, timeout_seconds=_timeout()):
+        expected = [reading for g in golds for reading in _parse_gold(g)]
+        if not expected:
+            return False
+        for predicted in answer_readings(response, golds):
+            for reading in expected:
+                if verify(list(reading), list(predicted), timeout_seconds=_timeout()):
                     return True
     except BaseException as err:  # noqa: BLE001 - math-verify's TimeoutException is a BaseException
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
