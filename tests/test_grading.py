@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -181,6 +182,7 @@ def test_mixed_numbers():
     assert grade(r"\boxed{2\frac{1}{4}}", r"\frac94")
     assert not grade(r"\boxed{4 4/9}", "4")
     assert not grade(r"\boxed{4 4/9}", r"\frac{16}{9}")
+    assert not grade(r"\boxed{4 4/9}", r"\frac{8}{9}")  # what math-verify alone reads
 
 
 def test_malformed_mixed_numbers_mean_nothing():
@@ -270,6 +272,27 @@ def test_boxed_responses_never_run_the_whole_text_extraction(monkeypatch):
     monkeypatch.setattr(grading, "_parse_text", fail)
     assert grade(r"Step 1 ... The answer is \boxed{42}.", "42")
     assert not grade(r"Step 1 ... The answer is \boxed{41}.", "42")
+
+
+def test_one_grade_call_stops_when_its_time_budget_is_spent(monkeypatch):
+    # Each math-verify call gets what is left of TIMEOUT_S, so many slow comparisons cannot add up.
+    import math_verify
+
+    calls = []
+
+    def slow_verify(gold, target, timeout_seconds=None):
+        calls.append(timeout_seconds)
+        time.sleep(0.6)
+        return False
+
+    monkeypatch.setattr(grading, "TIMEOUT_S", 2)
+    monkeypatch.setattr(math_verify, "verify", slow_verify)
+    t0 = time.perf_counter()
+    # 2 readings of the box x 2 of the gold x (value, text) pairs: 16 comparisons without a budget. The
+    # parses run first (the first call gets 2 s), then each 0.6 s comparison gets the whole seconds left.
+    assert not grade(r"\boxed{1000,99}", "1,22")
+    assert time.perf_counter() - t0 < 2
+    assert 1 <= len(calls) <= 3 and all(c in (1, 2) for c in calls)
 
 
 def test_grading_from_worker_threads_gives_the_same_verdicts():

@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from functools import lru_cache
 
 from .grading_numbers import readings, top_level_parts
 
-# math-verify bounds each parse/compare with signal.alarm; whole seconds, main thread only.
+# The budget of one grade() call, in seconds. math-verify bounds each parse/compare with signal.alarm (whole
+# seconds, main thread only): the first call of a grade gets TIMEOUT_S, the later ones what is left of it.
 TIMEOUT_S = 5
+_budget = threading.local()  # .active: inside grade(); .end: monotonic deadline once a call has started
+
+
+class _OutOfTime(Exception):
+    """The grade() budget is spent: the answer grades False."""
+
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Explicit markers, most explicit first; each takes the LAST match in the response.
@@ -107,8 +115,17 @@ def _is_bare(answer: str) -> bool:
 
 
 def _timeout() -> int | None:
-    # signal.alarm raises outside the main thread; there we run without math-verify's timeout.
-    return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    """Whole seconds for the next math-verify call (see TIMEOUT_S); None (no timeout) outside the main
+    thread, where signal.alarm raises."""
+    left = TIMEOUT_S
+    if getattr(_budget, "active", False):
+        if _budget.end is None:
+            _budget.end = time.monotonic() + TIMEOUT_S
+        else:
+            left = int(_budget.end - time.monotonic())
+            if left < 1:
+                raise _OutOfTime  # not cached: lru_cache keeps only returned values
+    return left if threading.current_thread() is threading.main_thread() else None
 
 
 @lru_cache(maxsize=8192)
@@ -218,18 +235,19 @@ def grade(response: str, gold: str | list[str]) -> bool:
     Never raises: unparsable or pathological input (math-verify timeout, sympy error) grades False.
     """
     golds = [gold] if isinstance(gold, str) else list(gold)
+    _budget.active, _budget.end = True, None
     try:
         from math_verify import verify
 
         expected = [reading for g in golds for reading in _parse_gold(g)]
-        if not expected:
-            return False
-        for predicted in answer_readings(response, golds):
+        for predicted in answer_readings(response, golds) if expected else ():
             for reading in expected:
-                if verify(list(reading), list(predicted), timeout_seconds=_timeout()):
+                # One pair at a time: verify gives each pair of its lists the whole timeout.
+                if any(verify(g, t, timeout_seconds=_timeout()) for g in reading for t in predicted):
                     return True
     except BaseException as err:  # noqa: BLE001 - math-verify's TimeoutException is a BaseException
         if isinstance(err, (KeyboardInterrupt, SystemExit)):
             raise
-        return False
+    finally:
+        _budget.active = False
     return False
