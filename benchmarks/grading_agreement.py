@@ -7,6 +7,11 @@ response is fed as it stands. The table splits the cases by whether the fed resp
 
     PYTHONPATH=src python benchmarks/grading_agreement.py            # markdown table on stdout
     PYTHONPATH=src python benchmarks/grading_agreement.py --disagreements
+    PYTHONPATH=src python benchmarks/grading_agreement.py --solutions ../shared/data
+
+``--solutions DIR`` grades real text instead: the reference solutions of our benchmark files (GSM8K's
+"#### X", MATH-500's and Minerva's boxes, OlympiadBench's unboxed prose), each against its own gold (expected
+true) and against the gold of the next problem with a different gold string (expected false).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "grading_cases.jsonl"
+SOLUTION_FILES = ("gsm8k_test", "math500", "minerva_math", "olympiadbench", "aime24")
 _DELIMITERS = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed|\\fbox|\n")
 _COMMAND_OR_GROUP = re.compile(r"\\[a-zA-Z]+|\{[^{}]*\}")
 
@@ -26,6 +32,25 @@ _COMMAND_OR_GROUP = re.compile(r"\\[a-zA-Z]+|\{[^{}]*\}")
 def load_cases(path: Path = CASES) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def solution_cases(data_dir: Path) -> list[dict]:
+    """Reference solutions as responses: each with its own gold (true) and with the next different gold (false)."""
+    cases = []
+    for name in SOLUTION_FILES:
+        with open(data_dir / f"{name}.jsonl", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f]
+        for i, row in enumerate(rows):
+            solution = row.get("solution")
+            solution = "\n\n".join(solution) if isinstance(solution, list) else solution
+            if not solution:
+                continue
+            other = next(r["answer"] for r in rows[i + 1 :] + rows[:i] if r["answer"] != row["answer"])
+            for gold, expected in [(row["answer"], True), (other, False)]:
+                source = f"{name}.jsonl solutions, {'own' if expected else 'next'} gold"
+                cases.append({"gold": gold, "response": solution, "expected": expected, "source": source})
+                cases[-1]["test"] = row["id"]
+    return cases
 
 
 def is_bare(response: str) -> bool:
@@ -113,13 +138,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", type=Path, default=CASES)
     p.add_argument(
+        "--solutions", type=Path, metavar="DIR", help="grade the reference solutions in DIR instead"
+    )
+    p.add_argument(
         "--disagreements", action="store_true", help="list the cases where poweropd.grading disagrees"
     )
     args = p.parse_args(argv)
 
     from poweropd.grading import grade
 
-    cases = load_cases(args.cases)
+    cases = solution_cases(args.solutions) if args.solutions else load_cases(args.cases)
     results = {
         "`poweropd.grading.grade`": run(grade, cases),
         "plain math-verify": run(plain_math_verify, cases),
@@ -127,7 +155,9 @@ def main(argv=None) -> int:
     print(table(results))
     ours = results["`poweropd.grading.grade`"]
     slowest = max(ours, key=lambda r: r["seconds"])
-    print(f"\n{len(cases)} cases; slowest case for poweropd.grading: {slowest['seconds']:.2f} s")
+    print(
+        f"\n{len(cases)} cases; slowest for poweropd.grading: {slowest['seconds']:.2f} s ({slowest['test']})"
+    )
     if args.disagreements:
         for r in ours:
             if not r["agrees"]:
