@@ -36,7 +36,7 @@ class NumberForm:
 
 # First match wins; an answer matching none is read as it stands.
 NUMBER_FORMS = (
-    # "4 4/9" = 40/9 (math-verify reads 4·4/9); "-1 000 4/9", "4 4/9%"; "4 4/0", "11 6/6" mean nothing.
+    # "4 4/9" = 40/9 (math-verify reads 8/9); "-1 000 4/9", "4 4/9%"; "4 4/0", "11 6/6" mean nothing.
     NumberForm(
         "mixed number",
         re.compile(rf"^([+-]?)(\d{{1,3}}(?:[ ,]\d{{3}})+|\d+) (\d+)/(\d+)({_PERCENT})?$"),
