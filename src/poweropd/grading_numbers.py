@@ -84,7 +84,7 @@ NUMBER_FORMS = (
 def _normalized(answer: str) -> str:
     # "32,\!348", "11,\! 111", "1{,}000", "1\,000" and unicode thin spaces all separate digit groups.
     answer = re.sub(r",\\!\s*", ",", answer).replace("\\!", "").replace("{,}", ",")
-    # In LaTeX an unescaped % starts a comment: "45%" would read as 45.
+    # "45%" is written "45\%", so one pattern per form covers both.
     answer = re.sub(r"(?<!\\)%", r"\\%", answer)
     return _SPACES.sub(" ", answer).strip()
 
