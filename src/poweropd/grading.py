@@ -1,14 +1,15 @@
-"""Final-answer extraction and equivalence checking for math benchmarks (math-verify).
+"""Final-answer extraction and equivalence checking for math benchmarks (math-verify); docs/grading.md.
 
-What a response commits to (issue #12):
-  1. its last complete ``\\boxed{}`` (with several boxes against a gold set, the last k boxes together);
-  2. else the text after the last explicit marker ("#### X", "the final answer is X", "the answer is X",
+What a response commits to (issue #12), the first that applies:
+  1. its last complete ``\\boxed{}`` (with several boxes against a gold set of k answers, the last k together);
+  2. the span after the last explicit marker ("#### X", "the final answer is X", "the answer is X",
      "answer: X"), since base models often go on writing after it;
-  3. else what math-verify's own LaTeX and expression extraction finds over the whole response (its final
-     answer span, not the last number).
-``grade`` compares that answer with the gold answer(s) with math-verify's ``verify``. A bare answer (a box, a
-marker span, a gold) is first rewritten by ``grading_numbers.readings`` for the number forms math-verify's LaTeX
-parser misreads (thousands separators, decimal commas, mixed numbers, ...).
+  3. a one-line bare answer ("1 000", "4 4/9 percent");
+  4. what math-verify's own LaTeX and expression extraction finds over the whole response (its final answer
+     span, not the last number).
+``grade`` compares that answer with the gold answer(s) with math-verify's ``verify``, within one time budget.
+A bare answer (a box content, a marker span, a bare gold) is first rewritten by ``grading_numbers.readings``
+for the number forms math-verify's LaTeX parser misreads (thousands separators, decimal commas, mixed numbers).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def _parse_bare(answer: str) -> tuple[tuple, ...]:
     return tuple(p for p in parsed if p)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=1024)  # whole responses: enough for extract_answer to reuse what grade parsed
 def _parse_text(text: str) -> tuple[tuple, ...]:
     """math-verify's extraction over a whole text (its final answer span); one reading, or none."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
