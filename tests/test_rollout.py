@@ -87,3 +87,90 @@ def test_real_generate_matches_rescoring_with_left_padding(tiny_pair):
         ref = selected_logprobs_from_logits(logits[n_prompt - 1 : -1], ids[n_prompt:])
         n = int(r.response_mask_BT[i].sum())
         torch.testing.assert_close(logp_BT[i, :n].detach(), ref, atol=1e-5, rtol=0)
+
+
+# ---- the decode-loop engine ----------------------------------------------------------------------------
+
+
+def test_filter_logits_by_hand():
+    from poweropd.rollout import filter_logits
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    inf = float("-inf")
+    # nucleus 0.7: 0.5 alone is short of it, 0.5 + 0.3 reaches it; 0.15 and 0.05 go
+    assert filter_logits(logits, top_p=0.7).isinf().tolist() == [[False, False, True, True]]
+    assert filter_logits(logits, top_p=0.8).isinf().tolist() == [[False, False, True, True]]
+    assert filter_logits(logits, top_p=0.81).isinf().tolist() == [[False, False, False, True]]
+    assert filter_logits(logits, top_p=0.1).isinf().tolist() == [[False, True, True, True]]  # at least one
+    assert filter_logits(logits, top_k=2)[0, 2:].tolist() == [inf, inf]
+    assert torch.equal(filter_logits(logits), logits)  # top_k=0, top_p=1: no filter
+
+
+def test_filter_logits_matches_transformers_warpers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from poweropd.rollout import filter_logits
+
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50) * 3
+    for p in (0.3, 0.9, 0.95):
+        ours = filter_logits(logits, top_p=p).isinf()
+        theirs = TopPLogitsWarper(p)(None, logits.clone()).isinf()
+        assert torch.equal(ours, theirs)
+    assert torch.equal(
+        filter_logits(logits, top_k=7).isinf(), TopKLogitsWarper(7)(None, logits.clone()).isinf()
+    )
+
+
+def _loop_and_generate(tiny_pair, **sampling):
+    from transformers import AutoModelForCausalLM
+
+    from poweropd.rollout import DecodeLoopSampler
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair[0])
+    config = SamplingConfig(stop_token_ids=STOPS, **sampling)
+    return DecodeLoopSampler(model, 0, config), HFSampler(model, 0, config)
+
+
+def test_decode_loop_greedy_equals_generate_with_left_padding(tiny_pair):
+    loop, hf = _loop_and_generate(tiny_pair, max_new_tokens=12, temperature=0.0)
+    prompts = [[1, 40, 41, 42, 43], [1, 50], [1, 60, 61]]
+    a, b = loop.sample(prompts), hf.sample(prompts)
+    width = min(a.input_ids_BL.shape[1], b.input_ids_BL.shape[1])
+    assert torch.equal(a.response_mask_BT, b.response_mask_BT[:, : a.response_mask_BT.shape[1]])
+    assert torch.equal(a.input_ids_BL[:, :width], b.input_ids_BL[:, :width])
+
+
+def test_decode_loop_samples_what_generate_samples_for_a_seed(tiny_pair):
+    """Same logits, same multinomial calls on the same global RNG: the same tokens as ``generate``."""
+    loop, hf = _loop_and_generate(tiny_pair, max_new_tokens=10, temperature=1.0, top_p=0.9)
+    prompts = [[1, 40, 41, 42, 43], [1, 50]] * 8
+    torch.manual_seed(3)
+    a = loop.sample(prompts)
+    torch.manual_seed(3)
+    b = hf.sample(prompts)
+    assert torch.equal(a.input_ids_BL, b.input_ids_BL[:, : a.input_ids_BL.shape[1]])
+    assert torch.equal(a.truncated_B, b.truncated_B)
+
+
+def test_decode_loop_stops_rows_and_truncates_at_the_cap():
+    """A model that always says 'stop' on odd rows: those rows end after one token, the others run to T."""
+    from poweropd.rollout import DecodeLoopSampler
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.config = None
+
+        def forward(self, input_ids, attention_mask, position_ids, use_cache, **_):
+            logits = torch.full((input_ids.shape[0], 1, 10), -30.0)
+            logits[:, :, 7] = 0.0
+            logits[1::2, :, 2] = 30.0  # odd rows: the stop token
+            return type("Out", (), {"logits": logits})()
+
+    sampler = DecodeLoopSampler(Scripted(), 0, SamplingConfig(max_new_tokens=5, stop_token_ids=STOPS))
+    r = sampler.sample([[4, 5], [6], [4], [5]])
+    assert r.response_lengths_B.tolist() == [5, 1, 5, 1]
+    assert r.truncated_B.tolist() == [True, False, True, False]
+    assert r.response_ids_BT[0].tolist() == [7] * 5 and r.response_ids_BT[1].tolist() == [2, 0, 0, 0, 0]

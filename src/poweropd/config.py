@@ -59,8 +59,13 @@ class RolloutConfig:
     """0 disables top-k (set explicitly: a generation_config may carry top_k=50)."""
     include_stop_token: bool = False
     """Train on the final stop token too (the paper leaves it out)."""
+    engine: str = "generate"
+    """Sampler: generate (transformers' model.generate) or loop (a plain decode loop over the KV cache: the
+    same samples for a seed, without generate's per-step machinery; rollout.py)."""
 
     def __post_init__(self):
+        from .rollout import SAMPLERS
+
         require(
             self.max_new_tokens >= 1,
             "rollout.max_new_tokens (--max-new-tokens)",
@@ -70,6 +75,12 @@ class RolloutConfig:
         require(self.temperature > 0, "rollout.temperature (--temperature)", "a number > 0", self.temperature)
         require(0 < self.top_p <= 1, "rollout.top_p", "a number in (0, 1]", self.top_p)
         require(self.top_k >= 0, "rollout.top_k", "an integer ≥ 0", self.top_k)
+        require(
+            self.engine in SAMPLERS,
+            "rollout.engine (--rollout-engine)",
+            f"one of {', '.join(SAMPLERS)}",
+            self.engine,
+        )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .data import encode_prompts
 from .errors import UserError
 from .grading import extract_answer, grade
 from .models import stop_token_ids
-from .rollout import HFSampler, SamplingConfig
+from .rollout import SAMPLERS, Sampler, SamplingConfig, make_sampler
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -56,6 +56,8 @@ class EvalConfig:
     """Sequences per generate call (prompts × samples are flattened and cut into batches)."""
     seed: int = 0
     """Sampling seed, reset before each benchmark so a benchmark's results do not depend on the others."""
+    engine: str = "generate"
+    """Sampler (rollout.SAMPLERS): generate or loop; both give the same samples for a seed."""
 
     def __post_init__(self):
         def need(ok: bool, field: str, flag: str, expected: str, got) -> None:
@@ -79,6 +81,13 @@ class EvalConfig:
         )
         need(self.limit is None or self.limit >= 1, "limit", "--limit", "an integer >= 1", self.limit)
         need(self.batch_size >= 1, "batch_size", "--batch-size", "an integer >= 1", self.batch_size)
+        need(
+            self.engine in SAMPLERS,
+            "engine",
+            "--rollout-engine",
+            f"one of {', '.join(SAMPLERS)}",
+            self.engine,
+        )
 
     def sampling(self, stop_ids: list[int]) -> SamplingConfig:
         return SamplingConfig(
@@ -134,7 +143,7 @@ def evaluate_model(
         raise UserError("evaluate_model: expected at least one benchmark with at least one problem")
     stop_ids = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    sampler = HFSampler(model, pad_id, cfg.sampling(stop_ids))
+    sampler = make_sampler(cfg.engine, model, pad_id, cfg.sampling(stop_ids))
     device = next(model.parameters()).device
     fork_devices = [device] if device.type == "cuda" else []
 
@@ -172,7 +181,7 @@ def evaluate_model(
     return results, samples
 
 
-def _sample_benchmark(sampler: HFSampler, tokenizer, problems: list[Problem], cfg: EvalConfig, bar) -> dict:
+def _sample_benchmark(sampler: Sampler, tokenizer, problems: list[Problem], cfg: EvalConfig, bar) -> dict:
     """{(problem index, sample index): (response text, generated tokens, truncated)}."""
     prompt_ids = encode_prompts(tokenizer, [p.problem for p in problems])
     # Longest prompts first, each repeated n times: batches hold similar lengths, so little padding.

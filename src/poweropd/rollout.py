@@ -1,10 +1,17 @@
-"""Student sampling behind a small ``Sampler`` protocol. One engine here: Hugging Face ``generate``.
+"""Student sampling behind a small ``Sampler`` protocol, with two engines:
 
-A second engine (vLLM, SGLang) is a second ``Sampler``, never a second training loop.
+- ``generate``: Hugging Face ``model.generate`` (``HFSampler``), the reference;
+- ``loop``: a plain decode loop over a ``DynamicCache`` (``DecodeLoopSampler``): one model forward per new
+  token and the sampling written out, without ``generate``'s per-step machinery. For a seed it draws the same
+  tokens as ``generate`` (tests/test_rollout.py); on the task student it takes 0.95–0.97× the time
+  (benchmarks/rollout_bench.py: the model's own forward is most of a decode step).
+
+Another engine (continuous batching, vLLM, SGLang) is another ``Sampler``, never a second training loop.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -132,6 +139,97 @@ class HFSampler:
         )
         self.model.train(was_training)
         return build_rollouts(out_BL, mask_BP, cfg.stop_token_ids, self.pad_token_id)
+
+
+def filter_logits(logits_BV: Tensor, *, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Logits with the tokens outside the top-k and outside the top-p nucleus set to −inf.
+
+    The nucleus is the smallest set of most likely tokens whose probability reaches ``top_p`` (at least one
+    token), as in Holtzman et al. 2020 and transformers' ``TopPLogitsWarper``; top-k is applied first.
+    """
+    if top_k > 0 and top_k < logits_BV.shape[-1]:
+        kth_B1 = torch.topk(logits_BV, top_k, dim=-1).values[:, -1:]
+        logits_BV = logits_BV.masked_fill(logits_BV < kth_B1, float("-inf"))
+    if top_p < 1.0:
+        sorted_BV, order_BV = torch.sort(logits_BV, descending=True)
+        mass_before_BV = sorted_BV.softmax(-1).cumsum(-1) - sorted_BV.softmax(-1)
+        drop_BV = mass_before_BV >= top_p  # tokens reached only after the nucleus is complete
+        drop_BV[:, 0] = False
+        logits_BV = logits_BV.masked_fill(drop_BV.scatter(-1, order_BV, drop_BV), float("-inf"))
+    return logits_BV
+
+
+class DecodeLoopSampler:
+    """Samples with a plain decode loop: prefill the left-padded prompts, then one forward per new token.
+
+    Each step: float32 logits of the last position, temperature, top-k, top-p, ``torch.multinomial`` from the
+    global RNG (greedy: argmax). A row that has emitted a stop token is finished: its later tokens are pad
+    (masked out by ``build_rollouts``), and the loop ends when every row is finished or at ``max_new_tokens``.
+    """
+
+    def __init__(self, model, pad_token_id: int, config: SamplingConfig):
+        if not config.stop_token_ids:
+            raise ValueError("SamplingConfig.stop_token_ids: expected at least one stop token id")
+        self.model, self.pad_token_id, self.config = model, pad_token_id, config
+
+    @torch.no_grad()
+    def sample(self, prompt_ids: list[list[int]]) -> Rollouts:
+        from transformers import DynamicCache
+
+        cfg, model = self.config, self.model
+        device = next(model.parameters()).device
+        ids_BP, mask_BP = (t.to(device) for t in left_pad(prompt_ids, self.pad_token_id))
+        stops = torch.tensor(cfg.stop_token_ids, device=device)
+        was_training = model.training
+        model.eval()
+        # transformers 5.x renames the forward's ``past_key_values`` to ``cache`` (the old name warns)
+        cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        cache = {cache_kw: DynamicCache(config=model.config)}
+        mask_BL = mask_BP
+        position_B1 = (mask_BP.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=ids_BP,
+            attention_mask=mask_BL,
+            position_ids=position_B1,
+            use_cache=True,
+            logits_to_keep=1,
+            **cache,
+        )
+        position_B1 = position_B1[:, -1:]
+        finished_B = torch.zeros(ids_BP.shape[0], dtype=torch.bool, device=device)
+        new_tokens = []
+        for _ in range(cfg.max_new_tokens):
+            logits_BV = out.logits[:, -1].float()
+            if cfg.temperature > 0:
+                logits_BV = filter_logits(logits_BV / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+                next_B = torch.multinomial(logits_BV.softmax(-1), num_samples=1).squeeze(1)
+            else:
+                next_B = logits_BV.argmax(-1)
+            next_B = torch.where(finished_B, self.pad_token_id, next_B)
+            new_tokens.append(next_B)
+            finished_B |= torch.isin(next_B, stops)
+            if bool(finished_B.all()):
+                break
+            mask_BL = torch.cat([mask_BL, torch.ones_like(mask_BL[:, :1])], dim=1)
+            position_B1 = position_B1 + 1
+            out = model(
+                input_ids=next_B[:, None],
+                attention_mask=mask_BL,
+                position_ids=position_B1,
+                use_cache=True,
+                **cache,
+            )
+        model.train(was_training)
+        sequences_BL = torch.cat([ids_BP, torch.stack(new_tokens, dim=1)], dim=1)
+        return build_rollouts(sequences_BL, mask_BP, cfg.stop_token_ids, self.pad_token_id)
+
+
+SAMPLERS = {"generate": HFSampler, "loop": DecodeLoopSampler}
+"""Rollout engines by name (``--rollout-engine``)."""
+
+
+def make_sampler(engine: str, model, pad_token_id: int, config: SamplingConfig) -> Sampler:
+    return SAMPLERS[engine](model, pad_token_id, config)
 
 
 def build_rollouts(

@@ -69,7 +69,7 @@ from .models import (
     stop_token_ids,
 )
 from .rewards import BATCH_STATISTIC_REWARDS, REWARDS
-from .rollout import HFSampler, Rollouts, SamplingConfig
+from .rollout import Rollouts, SamplingConfig, make_sampler
 from .teacher import HFScorer, TeacherScores
 from .tracking import RunDir, load_training_state
 
@@ -439,7 +439,7 @@ def train(
         top_k=cfg.rollout.top_k,
         stop_token_ids=tuple(stop_token_ids(student_tok)),
     )
-    sampler = HFSampler(student, student_tok.pad_token_id, sampling)
+    sampler = make_sampler(cfg.rollout.engine, student, student_tok.pad_token_id, sampling)
     scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size)
     order = DataOrder(len(prompt_ids), cfg.run.seed)
     amp_dtype = torch.bfloat16 if bf16 else None
@@ -588,6 +588,7 @@ def _make_evaluator(cfg: TrainConfig, tokenizer, problems: dict | None = None) -
         max_new_tokens=cfg.eval.max_new_tokens,
         batch_size=cfg.eval.batch_size,
         seed=cfg.run.seed,
+        engine=cfg.rollout.engine,
     )
 
     def evaluate(student) -> dict[str, float]:

@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument(
+        "--rollout-engine",
+        default="generate",
+        choices=["generate", "loop"],
+        help="sampler: generate (model.generate, default) or loop (a plain KV-cache decode loop, same samples)",
+    )
+    parser.add_argument(
         "--output-dir", type=Path, default=None, help="write results.json and samples.jsonl here"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         batch_size=args.batch_size,
         seed=args.seed,
+        engine=args.rollout_engine,
     )
     out = args.output_dir
     if out is not None and out.exists() and not out.is_dir():

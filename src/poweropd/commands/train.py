@@ -31,6 +31,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "positions_every": ("run", "positions_every"),
     "max_new_tokens": ("rollout", "max_new_tokens"),
     "temperature": ("rollout", "temperature"),
+    "rollout_engine": ("rollout", "engine"),
     "lr": ("optim", "lr"),
     "eval_every": ("eval", "every"),
     "eval_benchmarks": ("eval", "benchmarks"),
@@ -43,6 +44,7 @@ FLAGS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..config import DEVICES, DTYPES, METHODS
+    from ..rollout import SAMPLERS
 
     a = parser.add_argument
     a("--student", metavar="S", help="student: HF id, folder or alias (e.g. smollm2-135m-instruct)")
@@ -64,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--micro-batch-size", type=int, metavar="M", help="rollouts per forward/backward (default: all)")
     a("--max-new-tokens", type=int, metavar="T", help="longest rollout (default 1024)")
     a("--temperature", type=float, metavar="X", help="sampling temperature (default 1.0)")
+    a(
+        "--rollout-engine",
+        choices=SAMPLERS,
+        help="sampler: generate (model.generate, default) or loop (a plain KV-cache decode loop, same samples)",
+    )
     a("--lr", type=float, metavar="LR", help="AdamW learning rate (default 5e-7)")
     a("--seed", type=int, metavar="S", help="seed of data order and sampling (default 0)")
     a("--save-every", type=int, metavar="K", help="checkpoint every K steps (default 100; 0 = final only)")
