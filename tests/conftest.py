@@ -75,10 +75,3 @@ def tiny_pair(tmp_path_factory):
     rows = [{"id": str(i), "problem": f"Compute {i} + {2 * i}.", "answer": str(3 * i)} for i in range(12)]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root / "student", root / "teacher", prompts
-
-
-@pytest.fixture(scope="session")
-def task_cache(tmp_path_factory):
-    """One POWEROPD_CACHE for the tests that need the trained task models: the first of them (the quick demo,
-    in file order) starts from an empty cache and trains them, the others reuse them."""
-    return tmp_path_factory.mktemp("poweropd_cache")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 
@@ -13,6 +15,7 @@ from poweropd.grading import grade
 from poweropd.models import stop_token_ids
 from poweropd.tasks import arithmetic
 from poweropd.tasks.models import (
+    SHIPPED_DIR,
     SFTConfig,
     TaskConfig,
     TinyQwen3,
@@ -77,6 +80,66 @@ def test_split_is_disjoint_distinct_and_random(splits):
     assert {len(parse(row["problem"])[1]) for row in test} == {1, 2, 3}
     assert {op for row in test for op, _ in parse(row["problem"])[1]} == {"+", "-"}
     assert all(sum(len(parse(r["problem"])[1]) == k for r in test) > 100 / 4 for k in (1, 2, 3))
+
+
+def test_validation_split_is_disjoint_from_test_and_train():
+    train, validation, test = arithmetic.make_splits(seed=0, n_test=300, n_train=3000, n_validation=200)
+    assert test == arithmetic.make_splits(seed=0, n_test=300, n_train=10)[1]  # adding it leaves test alone
+    val = {row["problem"] for row in validation}
+    assert len(val) == 200
+    assert val.isdisjoint(row["problem"] for row in test)
+    assert val.isdisjoint(row["problem"] for row in train)
+
+
+def test_parse_problem_inverts_problem_text(splits):
+    for row in splits[1]:
+        assert arithmetic.problem_text(*arithmetic.parse_problem(row["problem"])) == row["problem"]
+
+
+def test_base_response_styles_by_hand():
+    class NoSlip:  # an rng whose random() never slips
+        def random(self):
+            return 0.99
+
+    steps = [("+", 18), ("-", 23)]
+    assert arithmetic.base_response(47, steps, "direct", NoSlip(), 0.5) == "The answer is \\boxed{42}."
+    assert arithmetic.base_response(47, steps, "steps", NoSlip(), 0.5) == (
+        "47 + 18 = 65\n65 - 23 = 42\nThe answer is \\boxed{42}."
+    )
+    assert arithmetic.base_response(47, steps, "checks", NoSlip(), 0.5) == (
+        "47 + 18 = 65\nCheck: 65 - 18 = 47\n65 - 23 = 42\nCheck: 42 + 23 = 65\nThe answer is \\boxed{42}."
+    )
+
+
+def test_base_corpus_slips_at_its_rate_and_stays_in_range():
+    mix = {"direct": 0.25, "steps": 0.5, "checks": 0.25}
+    stream = arithmetic.iter_base_corpus(0, set(), mix, slip_rate=0.5)
+    rows = [next(stream) for _ in range(4000)]
+    styles = [row["style"] for row in rows]
+    for style, weight in mix.items():
+        assert styles.count(style) / len(rows) == pytest.approx(weight, abs=0.03)
+    slipped = total = 0
+    for row in rows:
+        numbers = [int(x) for x in re.findall(r"\d+", row["response"])]
+        assert all(0 <= x <= 99 for x in numbers), row
+        boxed = int(re.search(r"boxed\{(\d+)\}", row["response"]).group(1))
+        if row["style"] == "direct":
+            continue
+        value = parse(row["problem"])[0]
+        for line in row["response"].split("\n")[:-1]:
+            if line.startswith("Check: "):
+                continue
+            a, op, b, c = STEP.match(line).groups()
+            assert int(a) == value  # every step goes on from the previous (possibly slipped) result
+            true = int(a) + int(b) if op == "+" else int(a) - int(b)
+            total += 1
+            slipped += int(c) != true
+            assert int(c) - true in (0, -10, -1, 1, 10)
+            value = int(c)
+        assert boxed == value
+    # ~6,000 step lines: the binomial error of the rate is 0.0065; a slip is skipped only where it would
+    # leave 0–99 later, so the rate sits at or a little below 0.5
+    assert 0.45 < slipped / total < 0.52
 
 
 def test_split_is_seeded(splits):
@@ -176,32 +239,73 @@ def test_cache_key_follows_what_changes_the_models():
     assert student_only.model_key("student") != base.model_key("student")
 
 
-@pytest.mark.slow
-def test_prepared_teacher_solves_the_task_and_the_student_is_weak(task_cache, monkeypatch):
-    tmp_path = task_cache  # shared with the quick demo, which trains the models when it runs first
+def test_shipped_models_are_used_without_training_and_score_what_they_claim(tmp_path, monkeypatch):
+    """An empty cache gets the shipped teacher and student (no SFT, seconds), and they score here, measured
+    from the files, what their metadata says: a teacher that solves the task, a student far below it."""
     monkeypatch.setenv("POWEROPD_CACHE", str(tmp_path))
-    task = prepare_task_models(progress=False)
-    assert task.teacher_dir.is_relative_to(tmp_path / "tasks")
-
-    # Measured here, from the saved folders, not read from the cache's metadata.
-    test_rows = read_jsonl(task.test_jsonl, required=("problem", "answer"))
-    assert len(test_rows) == TaskConfig().n_test
-    train_problems = {row["problem"] for row in read_jsonl(task.train_jsonl, required=("problem", "answer"))}
-    assert train_problems.isdisjoint(row["problem"] for row in test_rows)
-    teacher, tokenizer = load_task_model(task.teacher_dir)
-    teacher_acc = accuracy(teacher, tokenizer, test_rows)
-    student, student_tokenizer = load_task_model(task.student_dir)
-    student_acc = accuracy(student, student_tokenizer, test_rows)
-    assert student_tokenizer.get_vocab() == tokenizer.get_vocab()
-    assert teacher_acc >= 0.95
-    assert 0.05 <= student_acc <= 0.40
-    assert teacher_acc == pytest.approx(task.teacher_accuracy, abs=0.01)
-    assert student_acc == pytest.approx(task.student_accuracy, abs=0.01)
-
-    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("*") if p.is_file()}
     start = time.perf_counter()
-    again = prepare_task_models(progress=False)
-    second_call = time.perf_counter() - start
-    assert again == task
-    assert second_call < 5.0
+    task = prepare_task_models(progress=False)
+    assert time.perf_counter() - start < 5.0
+    assert task.shipped and task.teacher_dir == SHIPPED_DIR / "teacher"
+    assert not any(tmp_path.rglob("*.safetensors"))  # only the JSONL splits were written
+    test_rows = read_jsonl(task.test_jsonl, required=("problem", "answer"))
+    for role in ("teacher", "student"):
+        folder = getattr(task, f"{role}_dir")
+        meta = json.loads((folder / "poweropd_task.json").read_text())
+        assert meta["key"] == TaskConfig().model_key(role)
+        assert hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() == meta["sha256"]
+        model, tokenizer = load_task_model(folder)
+        assert tokenizer.get_vocab() == build_tokenizer().get_vocab()
+        # greedy decisions could flip on a near-tie on another float path: agree to 1% of the problems
+        assert accuracy(model, tokenizer, test_rows, max_new_tokens=64) == pytest.approx(
+            meta["accuracy"], abs=0.01
+        )
+    assert task.teacher_accuracy >= 0.97
+    student_meta = json.loads((task.student_dir / "poweropd_task.json").read_text())
+    assert 0.15 <= student_meta["avg@8"] <= 0.6  # miscalibrated: it samples far below the teacher
+
+
+def test_retraining_a_shipped_config_goes_to_the_cache(tmp_path, monkeypatch):
+    """--retrain-task-models never writes into the package: a retrained model lands in the cache."""
+    monkeypatch.setenv("POWEROPD_CACHE", str(tmp_path))
+    config = TaskConfig(
+        teacher_sft=SFTConfig(steps=3, lr=1e-3, warmup_steps=1),
+        student_sft=SFTConfig(steps=3, lr=1e-3, warmup_steps=1),
+    )
+    task = prepare_task_models(config, progress=False)
+    assert not task.shipped and task.teacher_dir.is_relative_to(tmp_path)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("*") if p.is_file()}
+    assert prepare_task_models(config, progress=False) == task  # cached: nothing rewritten
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "tasks").rglob("*") if p.is_file()} == files
+    again = prepare_task_models(config, retrain=True, progress=False)
+    assert again.teacher_dir == task.teacher_dir
+    assert (again.teacher_dir / "model.safetensors").stat().st_mtime_ns != files[
+        task.teacher_dir / "model.safetensors"
+    ]
+
+
+@pytest.mark.slow
+def test_the_recipe_writes_the_shipped_files(tmp_path, monkeypatch):
+    """The recipe, rerun from scratch here, reaches its targets; on the float path the shipped files were made
+    on (the pinned path of tasks/floatpath.py, compared by fingerprint) it writes them bit for bit."""
+    from poweropd.tasks.floatpath import fingerprint
+
+    monkeypatch.setenv("POWEROPD_CACHE", str(tmp_path))
+    task = prepare_task_models(retrain=True, progress=False)
+    assert not task.shipped
+    same_path = (
+        fingerprint()
+        == json.loads((SHIPPED_DIR / "teacher" / "poweropd_task.json").read_text())["float_path"]
+    )
+    for role in ("teacher", "student"):
+        made = json.loads((getattr(task, f"{role}_dir") / "poweropd_task.json").read_text())
+        shipped = json.loads((SHIPPED_DIR / role / "poweropd_task.json").read_text())
+        assert made["key"] == shipped["key"]
+        if same_path:
+            assert made["sha256"] == shipped["sha256"], (
+                f"{role}: the recipe no longer writes the shipped weights"
+            )
+            assert made["accuracy"] == shipped["accuracy"] and made["avg@8"] == shipped["avg@8"]
+        else:  # another float path: another trajectory, which the recipe's margins must absorb
+            assert made["avg@8"] == pytest.approx(shipped["avg@8"], abs=0.1)
+    assert task.teacher_accuracy >= 0.95

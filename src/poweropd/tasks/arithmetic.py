@@ -11,9 +11,17 @@ Every operand is in 10–99 and every intermediate result and the answer stay in
 and no carries into a third digit, so each step is one 2-digit column operation; a 0.33M-parameter model
 reaches 99% greedy accuracy after 2400 SFT steps (~270 s on one CPU core). (A step result may be a single digit, "23 - 18 = 5".)
 
-Train and test are a random split of the problem space: the test set is ``n_test`` distinct problems drawn at
-random, and training problems are drawn from the same distribution with those problems rejected. A split by
-a hash of the operands once put every sum ending in 0 in the test set (FINDINGS.md).
+Train, validation and test are a random split of the problem space: the test set is ``n_test`` distinct
+problems drawn at random, the validation set ``n_validation`` more, and training problems are drawn from the
+same distribution with both sets rejected. A split by a hash of the operands once put every sum ending in 0 in
+the test set (FINDINGS.md).
+
+The teacher learns from the reference responses above. The student learns from a *base corpus*
+(``base_response``): the same problems written the way a base model's pretraining data would have them —
+some responses state the answer with no working, some show the working and check every step, and a fraction
+of the step results carry an arithmetic slip (±1 or ±10, a carry error) that the rest of the response
+follows. A student trained on it has the skill but is miscalibrated against the teacher, which is what
+on-policy distillation corrects (docs/testbed.md).
 """
 
 from __future__ import annotations
@@ -23,10 +31,14 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-TASK_VERSION = 1  # bump when problems, responses or the split change: it is part of the model cache key
+TASK_VERSION = 2  # bump when problems, responses, the corpus or the split change: part of the cache keys
 OPERAND_MIN, OPERAND_MAX = 10, 99
 VALUE_MIN, VALUE_MAX = 0, 99
 MAX_OPS = 3
+STYLES = ("direct", "steps", "checks")
+"""How a base-corpus response is written: the answer alone, the teacher's working, or the working with a
+check line after every step."""
+_INVERSE = {"+": "-", "-": "+"}
 
 
 def sample_problem(rng: random.Random) -> tuple[int, list[tuple[str, int]]]:
@@ -75,18 +87,88 @@ def make_row(first: int, steps: list[tuple[str, int]], row_id: str) -> dict:
     return {"id": row_id, "problem": problem_text(first, steps), "answer": str(answer), "response": response}
 
 
-def make_test(seed: int, n_test: int) -> list[dict]:
-    """``n_test`` distinct problems drawn at random: the held-out set."""
-    rng = random.Random(f"arithmetic-test-{seed}")
+def base_response(
+    first: int, steps: list[tuple[str, int]], style: str, rng: random.Random, slip_rate: float
+) -> str:
+    """A base-corpus response in ``style`` (see STYLES); each step result slips with probability
+    ``slip_rate`` to a wrong value (±1 or ±10), and the response goes on from the wrong value. A slip is only
+    taken where every later value stays in 0–99, so no response leaves the task's range.
+
+    "direct" writes only the answer line; its answer carries the slips of the working it skipped.
+    """
+    lines, value = [], first
+    for i, (op, operand) in enumerate(steps):
+        result = _apply(value, op, operand)
+        if rng.random() < slip_rate:
+            result = _slip(result, steps[i + 1 :], rng)
+        lines.append(f"{value} {op} {operand} = {result}")
+        if style == "checks":  # undoes the step; a slipped step's check is wrong too (a sloppy corpus)
+            lines.append(f"Check: {result} {_INVERSE[op]} {operand} = {value}")
+        value = result
+    if style == "direct":
+        lines = []
+    return "\n".join([*lines, f"The answer is \\boxed{{{value}}}."])
+
+
+def _apply(value: int, op: str, operand: int) -> int:
+    return value + operand if op == "+" else value - operand
+
+
+def _slip(value: int, rest: list[tuple[str, int]], rng: random.Random) -> int:
+    """A wrong value near ``value`` from which the ``rest`` of the chain stays in range (``value`` if none)."""
+
+    def stays_in_range(v: int) -> bool:
+        for op, operand in [("+", 0), *rest]:
+            v = _apply(v, op, operand)
+            if not VALUE_MIN <= v <= VALUE_MAX:
+                return False
+        return True
+
+    wrong = [v for v in (value - 10, value - 1, value + 1, value + 10) if stays_in_range(v)]
+    return rng.choice(wrong) if wrong else value
+
+
+def iter_base_corpus(seed: int, exclude: set[str], mix: dict[str, float], slip_rate: float) -> Iterator[dict]:
+    """An endless stream of base-corpus rows (the student's SFT data): the training problems of
+    ``iter_train`` with ``response`` written in a style drawn from ``mix`` ({style: weight})."""
+    rng = random.Random(f"arithmetic-base-{seed}")
+    styles, weights = zip(*mix.items())
+    stream = iter_train(seed, exclude)
+    while True:
+        row = next(stream)
+        first, steps = parse_problem(row["problem"])
+        style = rng.choices(styles, weights)[0]
+        yield {**row, "response": base_response(first, steps, style, rng, slip_rate), "style": style}
+
+
+def parse_problem(text: str) -> tuple[int, list[tuple[str, int]]]:
+    """The inverse of ``problem_text``: "Compute 47 + 18 - 23." -> (47, [("+", 18), ("-", 23)])."""
+    words = text.removeprefix("Compute ").removesuffix(".").split()
+    return int(words[0]), [(words[i], int(words[i + 1])) for i in range(1, len(words), 2)]
+
+
+def _distinct(rng: random.Random, n: int, prefix: str, exclude: set[str]) -> list[dict]:
     rows: list[dict] = []
-    seen: set[str] = set()
-    while len(rows) < n_test:
+    seen = set(exclude)
+    while len(rows) < n:
         first, steps = sample_problem(rng)
         text = problem_text(first, steps)
         if text not in seen:
             seen.add(text)
-            rows.append(make_row(first, steps, f"arith-test-{len(rows):05d}"))
+            rows.append(make_row(first, steps, f"{prefix}-{len(rows):05d}"))
     return rows
+
+
+def make_test(seed: int, n_test: int) -> list[dict]:
+    """``n_test`` distinct problems drawn at random: the held-out set."""
+    return _distinct(random.Random(f"arithmetic-test-{seed}"), n_test, "arith-test", set())
+
+
+def make_validation(seed: int, n_validation: int, test: list[dict]) -> list[dict]:
+    """``n_validation`` distinct problems, none of them a test problem: for choices made while training
+    (in-training curves, the best α), so that the test problems are used once, at the end."""
+    exclude = {row["problem"] for row in test}
+    return _distinct(random.Random(f"arithmetic-validation-{seed}"), n_validation, "arith-val", exclude)
 
 
 def iter_train(seed: int, exclude: set[str]) -> Iterator[dict]:
@@ -103,11 +185,16 @@ def iter_train(seed: int, exclude: set[str]) -> Iterator[dict]:
             i += 1
 
 
-def make_splits(seed: int = 0, n_test: int = 300, n_train: int = 5000) -> tuple[list[dict], list[dict]]:
-    """(train_rows, test_rows): disjoint, the test set a random sample of the problem space."""
+def make_splits(
+    seed: int = 0, n_test: int = 300, n_train: int = 5000, n_validation: int = 0
+) -> tuple[list[dict], list[dict]] | tuple[list[dict], list[dict], list[dict]]:
+    """(train_rows, test_rows), or (train_rows, validation_rows, test_rows) when ``n_validation`` > 0:
+    disjoint, each held-out set a random sample of the problem space."""
     test = make_test(seed, n_test)
-    stream = iter_train(seed, {row["problem"] for row in test})
-    return [next(stream) for _ in range(n_train)], test
+    validation = make_validation(seed, n_validation, test) if n_validation else []
+    stream = iter_train(seed, {row["problem"] for row in test + validation})
+    train = [next(stream) for _ in range(n_train)]
+    return (train, validation, test) if n_validation else (train, test)
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
