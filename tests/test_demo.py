@@ -1,113 +1,156 @@
-"""`poweropd demo`: the claim verdicts on hand-made numbers, and the quick demo end to end from an empty cache."""
+"""`poweropd demo`: verdicts with effects and errors on hand-made numbers, and the quick demo end to end."""
 
 import json
+import math
 
 import pytest
 
-from poweropd.demo import METHODS, DemoConfig, claims, report
+from poweropd.demo import DEFAULT_METHODS, METHODS, PAPER_ALPHAS, DemoConfig
+from poweropd.demo_report import best_power, claims, criterion, paired, report
 from poweropd.errors import UserError
 
 
-def _method(reward, alpha=None, acc=0.5, length=30.0, grad=1.0, rmin=-1.0, rmax=1.0, lrmin=-20.0):
-    return {"reward": reward, "alpha": alpha, "avg@8": acc, "pass@8": min(1.0, acc + 0.2), "mean_length": length,
-            "grad_norm_max": grad, "reward_min": rmin, "reward_max": rmax, "log_ratio_min": lrmin, "seeds": 1}  # fmt: skip
-
-
-def _stats(lo, p01, p50, p99, hi):
-    return {"min": lo, "p01": p01, "p50": p50, "p99": p99, "max": hi}
-
-
-def _results(methods, *, lr_stats=None, buckets=None):
-    lr_stats = lr_stats or _stats(-30.0, -12.0, -0.2, 1.5, 3.0)
-    buckets = buckets or [
-        {"start": 0, "stop": 8, "count": 80, "mean": -4.0, "min": -30.0, "max": 2.0},
-        {"start": 8, "stop": 16, "count": 80, "mean": -1.0, "min": -9.0, "max": 3.0},
-        {"start": 16, "stop": 32, "count": 50, "mean": -0.3, "min": -5.0, "max": 1.0},
-    ]
+def _method(reward, alpha=None, acc=(0.5, 0.5, 0.5), length=(30.0, 30.0, 30.0), grad=(1.0, 1.0, 1.0),
+            rmin=-1.0, rmax=1.0, val=None):  # fmt: skip
+    mean = sum(acc) / len(acc)
     return {
-        "config": {"eval_problems": 100, "n": 8, "steps": 10, "batch_size": 8, "lr": 1e-3, "seeds": 1},
+        "reward": reward, "alpha": alpha, "seeds": len(acc), "avg@n": mean, "avg@n_std": 0.0,
+        "pass@n": min(1.0, mean + 0.2), "mean_length": sum(length) / len(length),
+        "grad_norm_max": sum(grad) / len(grad), "reward_min": rmin, "reward_max": rmax, "log_ratio_min": -20.0,
+        "validation_final": mean if val is None else val,
+        "per_seed": {"avg@n": list(acc), "mean_length": list(length), "grad_norm_max": list(grad)},
+    }  # fmt: skip
+
+
+def _results(methods, *, early=0.2, below=0.8, n_below=100, lr_stats=None):
+    lr_stats = lr_stats or {"min": -30.0, "p01": -12.0, "p50": -0.2, "p99": 1.5, "max": 3.0}
+    return {
+        "config": {"test_problems": 300, "n": 8, "seeds": 3},
+        "student_init": {"avg@n": 0.30},
         "methods": methods,
         "reward_distributions": {
-            "stats": {"log_ratio": lr_stats, "power@1": _stats(-0.9, -0.8, 0.0, 0.3, 0.5)},
-            "positions": {"log_ratio": buckets},
+            "stats": {"log_ratio": lr_stats, "power@1": {"min": -0.9, "max": 0.5}},
+            "early_share": {"frac_tokens": early, "share_below_-5": below},
+            "below_counts": {"-5": n_below},
+            "tokens": 1000,
         },
     }
 
 
-def test_claims_hold_on_numbers_that_show_them(tmp_path):
+def test_paired_difference_and_its_error_by_hand():
+    effect, se = paired([0.50, 0.52, 0.54], [0.49, 0.53, 0.52])  # d = 0.01, -0.01, 0.02
+    assert effect == pytest.approx(0.02 / 3)
+    assert se == pytest.approx(math.sqrt(((0.01 - 0.02 / 3) ** 2 + (-0.01 - 0.02 / 3) ** 2 + (0.02 - 0.02 / 3) ** 2) / 2) / math.sqrt(3))  # fmt: skip
+    assert paired([0.5], [0.4])[1] is None
+
+
+def test_claims_hold_on_numbers_that_show_them():
     methods = {
-        "log_ratio": _method("log_ratio", acc=0.30, grad=50.0, rmin=-30, rmax=4),
-        "clip": _method("clip", acc=0.40, grad=3.0),
-        "tanh": _method("tanh", acc=0.42, grad=3.0),
-        "zscore": _method("zscore", acc=0.35, grad=8.0, rmin=-6, rmax=3),
-        "power@1": _method("power", 1.0, acc=0.60, length=30.0, grad=2.0),
-        "power@10": _method("power", 10.0, acc=0.70, length=25.0, grad=1.5),
-        "power@100": _method("power", 100.0, acc=0.65, length=20.0, grad=1.0),
-        "full_kl": _method("full_kl", acc=0.68, grad=1.0),
+        "log_ratio": _method("log_ratio", acc=(0.40, 0.42, 0.41), grad=(50.0, 40.0, 60.0), rmin=-30),
+        "clip": _method("clip", acc=(0.45, 0.47, 0.46)),
+        "power@0.1": _method("power", 0.1, acc=(0.50, 0.52, 0.51), length=(33.0, 33.5, 32.5)),
+        "power@1": _method(
+            "power", 1.0, acc=(0.60, 0.63, 0.62), length=(30.0, 30.5, 29.5), grad=(1.0, 1.2, 0.8)
+        ),
+        "power@10": _method("power", 10.0, acc=(0.55, 0.56, 0.57), length=(27.0, 27.5, 26.5)),
+        "full_kl": _method("full_kl", acc=(0.62, 0.61, 0.63)),
     }
-    c = claims(_results(methods), tmp_path)
+    c = claims(_results(methods))
     assert {k: v["verdict"] for k, v in c.items()} == {k: "holds" for k in ("C1", "C2", "C3", "C4", "C5")}
-    assert "power@10 0.700" in c["C4"]["numbers"] and "ratio 0.030" in c["C3"]["numbers"]
-    assert "Spearman ρ = -1.00" in c["C5"]["numbers"]
+    assert best_power(methods) == "power@1"
+    # C2: 80% of the tail in 20% of the tokens: effect 0.6, binomial error sqrt(0.8·0.2/100) = 0.04
+    assert c["C2"]["effect"] == pytest.approx(0.6) and c["C2"]["se"] == pytest.approx(0.04)
+    # C5: exactly −3 tokens per decade of α
+    assert c["C5"]["effect"] == pytest.approx(3.0)
+    assert "slope -3.00 ± " in c["C5"]["numbers"]
+    # C3: peak 50 vs 1 on average, per-seed log ratios log10(50), log10(40/1.2), log10(60/0.8)
+    ratios = [math.log10(50 / 1.0), math.log10(40 / 1.2), math.log10(60 / 0.8)]
+    assert c["C3"]["effect"] == pytest.approx(sum(ratios) / 3 - math.log10(4))
 
 
-def test_claims_say_when_they_do_not_hold(tmp_path):
+def test_claims_say_when_they_do_not_hold():
     methods = {
-        "log_ratio": _method("log_ratio", acc=0.80, grad=1.0),
-        "power@1": _method("power", 1.0, acc=0.40, length=20.0, grad=0.9),
-        "power@10": _method("power", 10.0, acc=0.30, length=30.0, grad=0.9, rmin=-1.5),  # out of bounds
-        "full_kl": _method("full_kl", acc=0.90),
+        "log_ratio": _method("log_ratio", acc=(0.80, 0.82, 0.81), grad=(1.0, 1.1, 0.9)),
+        "power@1": _method(
+            "power", 1.0, acc=(0.40, 0.42, 0.41), length=(20.0, 20.5, 19.5), grad=(0.9, 1.0, 0.8)
+        ),
+        "power@10": _method("power", 10.0, acc=(0.30, 0.31, 0.32), length=(30.0, 30.5, 29.5), rmin=-1.5),
+        "full_kl": _method("full_kl", acc=(0.90, 0.91, 0.92)),
     }
-    flat = [{"start": 0, "stop": 8, "count": 10, "mean": -0.1, "min": -1.0, "max": 1.0},
-            {"start": 8, "stop": 16, "count": 10, "mean": -0.5, "min": -3.0, "max": 1.0}]  # fmt: skip
-    c = claims(_results(methods, lr_stats=_stats(-2.0, -1.5, 0.0, 1.4, 2.0), buckets=flat), tmp_path)
+    flat = {"min": -2.0, "p01": -1.5, "p50": 0.0, "p99": 1.4, "max": 2.0}
+    c = claims(_results(methods, early=0.5, below=0.1, lr_stats=flat))
     assert {k: v["verdict"] for k, v in c.items()} == {
         k: "does not hold" for k in ("C1", "C2", "C3", "C4", "C5")
     }
 
 
-def test_close_accuracies_are_inconclusive(tmp_path):
+def test_small_or_noisy_effects_are_inconclusive():
     methods = {
-        "log_ratio": _method("log_ratio", acc=0.50, grad=10.0),
-        "power@1": _method("power", 1.0, acc=0.51, grad=1.0),
-        "full_kl": _method("full_kl", acc=0.50),
+        "log_ratio": _method("log_ratio", acc=(0.49, 0.53, 0.52), grad=(2.0, 9.0, 1.0)),
+        "power@1": _method("power", 1.0, acc=(0.50, 0.52, 0.54), length=(30.0, 30.2, 30.1)),
+        # 0.4 tokens shorter, with a tiny error: significant but too small to call a length effect
+        "power@10": _method("power", 10.0, acc=(0.40, 0.41, 0.42), length=(29.6, 29.8, 29.7)),
+        "full_kl": _method("full_kl", acc=(0.50, 0.51, 0.52)),
     }
-    c = claims(_results(methods), tmp_path)
-    assert c["C4"]["verdict"] == "inconclusive" and "±0.035" in c["C4"]["numbers"]  # 2·sqrt(.5·.5/800)
+    c = claims(_results(methods, below=0.24, n_below=50))
+    assert c["C4"]["verdict"] == "inconclusive"
+    assert "vs log_ratio +0.007 ± 0.009" in c["C4"]["numbers"]  # paired, worked out in the test above
+    assert c["C5"]["verdict"] == "inconclusive" and "-0.4 tokens over the range" in c["C5"]["numbers"]
+    assert c["C2"]["verdict"] == "inconclusive"  # 0.04 ± 0.06
+    assert c["C3"]["verdict"] == "inconclusive"  # one seed of three barely above the others
 
 
-def test_demo_config_validates_methods():
+def test_criterion_by_hand():
+    methods = {
+        "log_ratio": _method("log_ratio", acc=(0.33, 0.34, 0.35)),
+        "power@1": _method("power", 1.0, acc=(0.36, 0.37, 0.38)),
+        "full_kl": _method("full_kl", acc=(0.50, 0.51, 0.52)),
+    }
+    out = criterion(_results(methods))
+    assert out["full_kl_gain"] == pytest.approx(0.21) and out["sampled_mean_gain"] == pytest.approx(0.055)
+    assert out["met"]
+    methods["full_kl"] = _method("full_kl", acc=(0.49, 0.50, 0.48))
+    assert not criterion(_results(methods))["met"]
+
+
+def test_demo_config_validates_methods_and_presets():
     with pytest.raises(UserError, match="--methods power@7"):
         DemoConfig(methods=("power@7",))
-    assert set(DemoConfig.quick().methods) <= set(METHODS)
-    assert {"log_ratio", "full_kl"} <= set(DemoConfig.quick().methods)
-    assert any(m.startswith("power@") for m in DemoConfig.quick().methods)
+    with pytest.raises(UserError, match="--rollout-engine vllm"):
+        DemoConfig(rollout_engine="vllm")
+    assert {"log_ratio", "clip", "tanh", "zscore", "full_kl"} <= set(DEFAULT_METHODS)
+    assert sum(m.startswith("power@") for m in DEFAULT_METHODS) == 3 and DemoConfig().seeds >= 3
+    assert {METHODS[m].get("alpha") for m in DemoConfig.full().methods} >= set(PAPER_ALPHAS)
+    assert set(DemoConfig.quick().methods) == {"log_ratio", "power@1", "full_kl"}
 
 
 @pytest.mark.slow
-def test_quick_demo_from_an_empty_cache(tmp_path, task_cache, monkeypatch):
+def test_quick_demo_from_an_empty_cache(tmp_path, monkeypatch):
+    """The README's `poweropd demo --quick` from an empty cache: the shipped models, the learning criterion
+    (with the margin the testbed was chosen for), every figure, and a report that is the function of results."""
     from poweropd.cli import main
 
-    assert not any(task_cache.iterdir()), "the quick demo must start from an empty cache"
-    monkeypatch.setenv("POWEROPD_CACHE", str(task_cache))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("POWEROPD_CACHE", str(cache))
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--output-dir", str(out), "--no-progress"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["teacher"]["avg@8"] >= 0.9  # the teacher solves the task; the initial student does not
-    assert results["student_init"]["avg@8"] < results["teacher"]["avg@8"] - 0.3
+    assert results["task"]["shipped"] and not any(cache.rglob("*.safetensors"))  # nothing was trained
+    assert results["teacher"]["avg@n"] >= 0.95
+    assert results["student_init"]["avg@n"] < results["teacher"]["avg@n"] - 0.3
     assert set(results["methods"]) == set(DemoConfig.quick().methods)
     for method, row in results["methods"].items():
-        assert {"reward", "alpha", "avg@8", "pass@8", "mean_length", "grad_norm_max", "reward_min", "reward_max",
-                "log_ratio_min", "seeds"} <= row.keys()  # fmt: skip
-        assert 0 <= row["avg@8"] <= row["pass@8"] <= 1
+        assert row["seeds"] == 3 and len(row["per_seed"]["avg@n"]) == 3
+        assert 0 <= row["avg@n"] <= row["pass@n"] <= 1
         if row["reward"] == "power":
             assert -1 <= row["reward_min"] <= row["reward_max"] <= 1
-        assert (out / "runs" / f"{method}-seed0" / "metrics.jsonl").exists()
-    assert set(results["claims"]) == {"C1", "C2", "C3", "C4", "C5"} - (
-        {"C5"} if len([m for m in results["methods"] if m.startswith("power")]) < 2 else set()
-    )
+        assert len(row["curves"]["length"][0]) == DemoConfig.quick().steps
+        for seed in range(3):
+            assert (out / "runs" / f"{method}-seed{seed}" / "metrics.jsonl").exists()
+    assert results["criterion"]["met"], results["criterion"]
+    assert set(results["claims"]) == {"C1", "C2", "C3", "C4"}  # C5 needs two α
     text = (out / "report.md").read_text()
-    assert "## Claims of the paper" in text and "| teacher |" in text
+    assert "## Claims of the paper" in text and "| teacher |" in text and "**met**" in text
     for figure in results["figures"]:
         assert (out / figure).stat().st_size > 10_000
     assert report(results) == text

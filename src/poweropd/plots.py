@@ -316,6 +316,56 @@ def plot_runs(run_dirs: list[str | Path], output_dir: str | Path) -> list[Path]:
     return paths
 
 
+# ---- seed bands (the demo) ------------------------------------------------------------------------------
+
+
+@dataclass
+class SeedCurves:
+    """One method's curve over several seeds: ``values_SN[s][i]`` at ``steps_N[i]`` for seed s."""
+
+    label: str
+    steps_N: list[float]
+    values_SN: list[list[float]]
+
+    def mean_and_band(self, smooth: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(steps, mean over seeds, standard error of that mean); the error is 0 for one seed. ``smooth`` > 1
+        first averages each seed's curve over a trailing window of that many points."""
+        values = np.asarray(self.values_SN, dtype=float)
+        if smooth > 1:
+            kernel = np.ones(smooth)
+            counts = np.convolve(np.ones(values.shape[1]), kernel)[: values.shape[1]]
+            values = np.stack([np.convolve(v, kernel)[: len(v)] / counts for v in values])
+        mean = values.mean(axis=0)
+        se = values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros_like(mean)
+        return np.asarray(self.steps_N, dtype=float), mean, se
+
+
+def seed_band_figure(
+    panels: list[dict], path: str | Path, *, title: str | None = None, width: float = 5.5
+) -> Path:
+    """Panels side by side; each ``{"curves": [SeedCurves], "title", "ylabel", "log": bool, "hlines":
+    {label: y}, "colors": [...], "smooth": K}``. A line is the mean over seeds, its band ± one standard error
+    of that mean."""
+    fig = Figure(figsize=(width * len(panels), 4.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, panel in zip(axes, panels):
+        colors = panel.get("colors") or _colors(len(panel["curves"]), "tab10")
+        for curves, color in zip(panel["curves"], colors):
+            steps, mean, se = curves.mean_and_band(panel.get("smooth", 1))
+            n = len(curves.values_SN)
+            ax.plot(steps, mean, "-", color=color, linewidth=1.8, label=f"{curves.label} ({n} seeds)")
+            ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.2, linewidth=0)
+        for label, y in panel.get("hlines", {}).items():
+            ax.axhline(y, color="grey", linestyle="--", linewidth=1.0, label=label)
+        if panel.get("log"):
+            ax.set_yscale("log")
+        ax.set(title=panel["title"], xlabel="step", ylabel=panel["ylabel"])
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 # ---- the diagnose report ----------------------------------------------------------------------------------
 
 
