@@ -21,7 +21,8 @@ def main() -> None:
     from poweropd.models import stop_token_ids
     from poweropd.rollout import SAMPLERS, SamplingConfig
     from poweropd.tasks import arithmetic
-    from poweropd.tasks.models import SHIPPED_DIR, load_task_model
+    from poweropd.tasks.recipe import SHIPPED_DIR
+    from poweropd.tasks.sft import load_task_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="32,256")

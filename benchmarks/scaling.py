@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import step_bench  # noqa: E402
+from dataclasses import asdict  # noqa: E402
+
+import stepbench as step_bench  # noqa: E402
 
 MODES = ("power_sampled", "naive_sampled", "body_floor")
 SAMPLED = ("power_sampled", "naive_sampled")
@@ -29,7 +31,7 @@ def sweep(vocabs: list[int], seqs: list[int], base: step_bench.BenchConfig) -> l
     rows = []
     for vocab in vocabs:
         for seq in seqs:
-            cfg = step_bench.BenchConfig(**{**step_bench.asdict(base), "vocab": vocab, "seq": seq})
+            cfg = step_bench.BenchConfig(**{**asdict(base), "vocab": vocab, "seq": seq})
             result = step_bench.bench(cfg, list(MODES), echo=False)
             row = {"vocab": vocab, "seq": seq, "positions": cfg.batch * seq}
             for mode, m in result["modes"].items():
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
     rows = sweep(args.vocabs, args.seqs, base)
     print(format_table(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    result = {"config": step_bench.asdict(base), "rows": rows, "slopes": slopes(rows)}
+    result = {"config": asdict(base), "rows": rows, "slopes": slopes(rows)}
     args.json.write_text(json.dumps(result, indent=2))
     plot(rows, args.png)
     return 1 if any(k.endswith("_error") for r in rows for k in r) else 0

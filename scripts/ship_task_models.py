@@ -21,7 +21,7 @@ import time
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="poweropd-ship-") as cache:
         os.environ["POWEROPD_CACHE"] = cache
-        from poweropd.tasks.models import META_FILE, ROLES, SHIPPED_DIR, TaskConfig, prepare_task_models
+        from poweropd.tasks.recipe import META_FILE, ROLES, SHIPPED_DIR, TaskConfig, prepare_task_models
 
         start = time.perf_counter()
         task = prepare_task_models(TaskConfig(), retrain=True, progress=True)

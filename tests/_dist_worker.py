@@ -12,10 +12,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_char_tokenizer, make_tiny_qwen3  # noqa: E402
 
 from poweropd.config import RewardConfig  # noqa: E402
+from poweropd.distributed import AcceleratorCollective, SingleProcess  # noqa: E402
+from poweropd.losses import make_objective  # noqa: E402
 from poweropd.models import output_layer  # noqa: E402
 from poweropd.rollout import build_rollouts  # noqa: E402
 from poweropd.teacher import HFScorer  # noqa: E402
-from poweropd.train import AcceleratorCollective, Objective, SingleProcess, compute_gradients  # noqa: E402
+from poweropd.train import compute_gradients  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -40,7 +42,7 @@ def main(out: str) -> None:
 
     report = {}
     for name in ("power", "log_ratio", "zscore", "full_kl"):
-        objective = Objective.from_config(RewardConfig(name=name, alpha=0.5))
+        objective = make_objective(RewardConfig(name=name, alpha=0.5))
         common = dict(teacher_output_layer=output_layer(teacher), vocab_size=vocab)
         student.zero_grad(set_to_none=True)
         compute_gradients(

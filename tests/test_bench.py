@@ -13,17 +13,9 @@ import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "step_bench.py"
+sys.path.insert(0, str(BENCH.parent))  # benchmarks/stepbench, the measuring code the script runs
+import stepbench as sb  # noqa: E402
 
-
-def _load_step_bench():
-    spec = importlib.util.spec_from_file_location("step_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("step_bench", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-sb = _load_step_bench()
 # 3 rows × 7 positions in chunks of 4: chunks straddle rows; odd rows stop early, prompts are left-padded.
 # One thread: on a busy 2-core machine, 2 OpenMP threads make these tiny steps ~20× slower.
 TINY = sb.BenchConfig(
@@ -167,7 +159,7 @@ def test_scaling_slopes_are_least_squares_in_mb_per_1k_positions():
     assert "| 1,000 | 0 | 500 |" in table and "| 2,000 | nan | nan |" in table
 
 
-def test_merge_recomputes_targets_across_runs_and_refuses_bad_input(tmp_path, capsys):
+def test_merge_recomputes_targets_across_runs_and_refuses_bad_input(tmp_path):
     config = {"vocab": 96}
     ours = {"config": config, "modes": {"power_sampled": {"time_s": 1.0, "peak_mb": 10.0}}}
     naive = {"config": config, "modes": {"full_kl_naive": {"time_s": 4.0, "peak_mb": 100.0}}}
@@ -177,7 +169,9 @@ def test_merge_recomputes_targets_across_runs_and_refuses_bad_input(tmp_path, ca
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     paths[0].write_text(json.dumps(ours))
     paths[1].write_text(json.dumps({**naive, "config": {"vocab": 512}}))
-    assert sb.main(["--merge", *map(str, paths)]) == 2
-    assert sb.main(["--merge", str(tmp_path / "missing.json")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "different configs" in err[0] and "missing.json" in err[1]
+    errors = []
+    for args in (list(map(str, paths)), [str(tmp_path / "missing.json")]):  # the CLI, as a user runs it
+        proc = subprocess.run([sys.executable, str(BENCH), "--merge", *args], capture_output=True, text=True)
+        assert proc.returncode == 2
+        errors += proc.stderr.strip().splitlines()
+    assert len(errors) == 2 and "different configs" in errors[0] and "missing.json" in errors[1]

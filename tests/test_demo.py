@@ -2,10 +2,11 @@
 
 import json
 import math
+import re
 
 import pytest
 
-from poweropd.demo import DEFAULT_METHODS, METHODS, PAPER_ALPHAS, DemoConfig
+from poweropd.demo import DEFAULT_METHODS, PAPER_ALPHAS, DemoConfig, method_config
 from poweropd.demo_report import best_power, claims, criterion, paired, report
 from poweropd.errors import UserError
 
@@ -114,13 +115,20 @@ def test_criterion_by_hand():
 
 
 def test_demo_config_validates_methods_and_presets():
-    with pytest.raises(UserError, match="--methods power@7"):
-        DemoConfig(methods=("power@7",))
+    for bad in ("poweer@1", "power@seven", "clip+entropy:2"):
+        with pytest.raises(UserError, match=f"--methods {re.escape(bad)}"):
+            DemoConfig(methods=(bad,))
     with pytest.raises(UserError, match="--rollout-engine vllm"):
         DemoConfig(rollout_engine="vllm")
     assert {"log_ratio", "clip", "tanh", "zscore", "full_kl"} <= set(DEFAULT_METHODS)
     assert sum(m.startswith("power@") for m in DEFAULT_METHODS) == 3 and DemoConfig().seeds >= 3
-    assert {METHODS[m].get("alpha") for m in DemoConfig.full().methods} >= set(PAPER_ALPHAS)
+    assert {method_config(m).alpha for m in DemoConfig.full().methods if m.startswith("power")} == set(
+        PAPER_ALPHAS
+    )
+    # any reward record, α schedule or token selection is a method id
+    assert DemoConfig(methods=("proximal@0.5", "power@1:10", "power@10+entropy:0.5")).seeds == 3
+    with pytest.raises(UserError, match="--methods proximal@2"):
+        DemoConfig(methods=("proximal@2",))
     assert set(DemoConfig.quick().methods) == {"log_ratio", "power@1", "full_kl"}
 
 

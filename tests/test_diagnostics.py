@@ -106,16 +106,11 @@ def test_reward_table_power_bounded_where_log_ratio_is_not():
     mask_BT = torch.rand(4, 32, generator=gen) > 0.2
     alphas = [0.1, 1.0, 10.0, 100.0]
     table = D.reward_table(teacher_logp_BT, student_logp_BT, mask_BT, alphas)
-    assert set(table) == {
-        "log_ratio",
-        "power@0.1",
-        "power@1",
-        "power@10",
-        "power@100",
-        "clip",
-        "tanh",
-        "zscore",
-    }
+    # every registered reward, each α where the reward accepts it (proximal: α ≤ 1)
+    assert set(table) == {"log_ratio", "clip", "tanh", "zscore", "power@0.1", "power@1", "power@10", "power@100",
+                          "proximal@0.1", "proximal@1"}  # fmt: skip
+    assert table["proximal@0.1"]["min"] >= math.log(0.9) - 1e-6  # bounded below by log(1 − α)
+    assert table["proximal@1"]["min"] == pytest.approx(table["log_ratio"]["min"], abs=1e-4)
     ratio_N = (teacher_logp_BT - student_logp_BT)[mask_BT]
     assert table["log_ratio"]["count"] == int(mask_BT.sum())
     assert table["log_ratio"]["min"] == pytest.approx(float(ratio_N.min()), abs=1e-5)

@@ -8,7 +8,7 @@ from math import comb
 import pytest
 from conftest import make_char_tokenizer, make_tiny_qwen3
 
-from poweropd.benchmarks import Problem
+from poweropd.benchmark_data import Problem
 from poweropd.cli import main
 from poweropd.errors import UserError
 from poweropd.evaluate import EvalConfig, evaluate_model, format_table, pass_at_k, summarize, write_results
@@ -57,12 +57,16 @@ def test_summarize_hand_computed():
 
 
 def test_eval_config_names_the_bad_field():
-    with pytest.raises(UserError, match=r"EvalConfig.n \(--n\)"):
+    with pytest.raises(UserError, match=r"eval.n \(--n, --eval-n\)"):
         EvalConfig(n=0)
     with pytest.raises(UserError, match=r"top_p \(--top-p\)"):
         EvalConfig(top_p=1.5)
     with pytest.raises(UserError, match="benchmarks"):
         EvalConfig(benchmarks=())
+    assert EvalConfig(benchmarks="gsm8k, math500").benchmarks == (
+        "gsm8k",
+        "math500",
+    )  # as a YAML preset writes it
 
 
 @pytest.fixture(scope="module")

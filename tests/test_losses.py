@@ -1,7 +1,5 @@
 """The surrogate's gradient, chunked log-probs and chunked KL against exact references."""
 
-import functools
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,7 +173,7 @@ def test_fused_policy_gradient_equals_logprobs_then_surrogate(reward, temperatur
         torch.log_softmax(torch.randn(3, 7, 37), -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
     )
     mask_BT = torch.rand(3, 7) > 0.25
-    reward_fn = functools.partial(REWARDS[reward], alpha=0.5) if reward == "power" else REWARDS[reward]
+    reward_fn = REWARDS[reward].bind(alpha=0.5) if reward == "power" else REWARDS[reward].bind()
     n = int(mask_BT.sum())
 
     logits_BTV = student(hidden_BTH) / temperature
@@ -184,7 +182,7 @@ def test_fused_policy_gradient_equals_logprobs_then_surrogate(reward, temperatur
     ref_loss, _ = policy_gradient_loss(ref_logp_BT, ref_reward_BT, mask_BT, num_tokens=n)
     ref_grads = torch.autograd.grad(ref_loss, (hidden_BTH, student.weight))
 
-    loss, logp_BT, reward_BT = fused_policy_gradient_loss(
+    loss, out = fused_policy_gradient_loss(
         student,
         hidden_BTH,
         tokens_BT,
@@ -195,6 +193,7 @@ def test_fused_policy_gradient_equals_logprobs_then_surrogate(reward, temperatur
         temperature=temperature,
         chunk_size=4,
     )
+    logp_BT, reward_BT = out["student_logp"], out["reward"]
     grads = torch.autograd.grad(loss, (hidden_BTH, student.weight))
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(logp_BT, ref_logp_BT.detach())
@@ -218,14 +217,14 @@ def test_fused_policy_gradient_accumulates_into_a_tied_embedding():
         embed.zero_grad(set_to_none=True)
         hidden_BTH = torch.tanh(embed(ids_BT))
         if fused:
-            loss, _, _ = fused_policy_gradient_loss(
-                head, hidden_BTH, tokens_BT, teacher_logp_BT, mask_BT, REWARDS["log_ratio"], num_tokens=8
+            loss, _ = fused_policy_gradient_loss(
+                head, hidden_BTH, tokens_BT, teacher_logp_BT, mask_BT, REWARDS["log_ratio"].fn, num_tokens=8
             )
         else:
             logp_BT = F.log_softmax(head(hidden_BTH), -1).gather(-1, tokens_BT[..., None]).squeeze(-1)
             loss, _ = policy_gradient_loss(
                 logp_BT,
-                REWARDS["log_ratio"](teacher_logp_BT, logp_BT.detach(), mask_BT),
+                REWARDS["log_ratio"].fn(teacher_logp_BT, logp_BT.detach(), mask_BT),
                 mask_BT,
                 num_tokens=8,
             )
@@ -251,7 +250,7 @@ def test_fused_kl_equals_exact_kl_in_value_and_gradient(temperature):
     loss_ref, _ = full_kl_loss(exact_BT, mask_BT, num_tokens=n)
     ref_grads = torch.autograd.grad(loss_ref, (s_hidden_BTH, student.weight))
 
-    loss, kl_BT, logp_BT, teacher_logp_BT = fused_reverse_kl_loss(
+    loss, out = fused_reverse_kl_loss(
         student,
         teacher,
         s_hidden_BTH,
@@ -263,6 +262,7 @@ def test_fused_kl_equals_exact_kl_in_value_and_gradient(temperature):
         temperature=temperature,
         chunk_size=5,
     )
+    kl_BT, logp_BT, teacher_logp_BT = out["kl"], out["student_logp"], out["teacher_logp"]
     grads = torch.autograd.grad(loss, (s_hidden_BTH, student.weight))
     torch.testing.assert_close(loss, loss_ref)
     torch.testing.assert_close(kl_BT, exact_BT.detach())
@@ -283,7 +283,7 @@ def test_fused_kl_under_bf16_autocast_reduces_in_float32():
     mask_BT = torch.ones(2, 6, dtype=torch.bool)
     teacher = teacher.to(torch.bfloat16)  # as train.py loads it
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, kl_BT, _, _ = fused_reverse_kl_loss(
+        loss, out = fused_reverse_kl_loss(
             student,
             teacher,
             s_hidden_BTH,
@@ -294,6 +294,7 @@ def test_fused_kl_under_bf16_autocast_reduces_in_float32():
             vocab_size=301,
             chunk_size=4,
         )
+    kl_BT = out["kl"]
     s_logits_BTV = (s_hidden_BTH.detach().bfloat16() @ student.weight.bfloat16().T).float()
     t_logits_BTV = (t_hidden_BTH.bfloat16() @ teacher.weight.T)[..., :301].float()
     assert kl_BT.dtype == torch.float32

@@ -19,7 +19,8 @@ from transformers import (
 from poweropd import diagnostics as D
 from poweropd.cli import main
 from poweropd.data import encode_prompts
-from poweropd.plots import load_run, reward_surface_figure, run_label
+from poweropd.plots import reward_surface_figure
+from poweropd.run_plots import load_run, run_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHAT_TEMPLATE = (
@@ -208,7 +209,7 @@ def test_plot_runs_overlaid(tmp_path, capsys):
     _write_run(tmp_path / "a", reward={"name": "power", "alpha": 10})
     _write_run(tmp_path / "b", reward={"name": "log_ratio"}, eval_every=2, positions=False, scale=2.0)
     _write_run(tmp_path / "my_run", reward=None, scale=0.5)
-    assert run_label(tmp_path / "a") == "power α=10"
+    assert run_label(tmp_path / "a") == "power@10"  # the method id, as the demo and --methods spell it
     assert run_label(tmp_path / "b") == "log_ratio"
     assert run_label(tmp_path / "my_run") == "my_run"
     assert len(load_run(tmp_path / "a").positions) == 6

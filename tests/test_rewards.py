@@ -91,8 +91,8 @@ def test_power_with_bf16_inputs_is_float32_and_bounded():
 def test_masked_positions_are_exactly_zero_even_for_nan_inputs(name):
     teacher = TEACHER.clone()
     teacher[1, 2] = math.nan
-    hparams = {"alpha": 1.0} if name == "power" else {}
-    out = REWARDS[name](teacher, STUDENT, MASK, **hparams)
+    hparams = {"alpha": 0.5} if "alpha" in REWARDS[name].hparams else {}
+    out = REWARDS[name].bind(**hparams)(teacher, STUDENT, MASK)
     assert out.dtype == torch.float32
     assert out[1, 2].item() == 0.0 and torch.isfinite(out).all()
 
@@ -137,6 +137,6 @@ def test_bounded_baselines(t, s):
 def test_zero_reward_when_teacher_equals_student():
     logp = torch.log(torch.rand(3, 5).clamp(min=1e-6))
     mask = torch.ones(3, 5, dtype=torch.bool)
-    for name, fn in REWARDS.items():
-        hparams = {"alpha": 3.0} if name == "power" else {}
-        assert torch.equal(fn(logp, logp, mask, **hparams), torch.zeros(3, 5)), name
+    for name, record in REWARDS.items():
+        hparams = {"alpha": 0.5} if "alpha" in record.hparams else {}
+        assert torch.equal(record.bind(**hparams)(logp, logp, mask), torch.zeros(3, 5)), name

@@ -14,16 +14,8 @@ from poweropd.errors import UserError
 from poweropd.grading import grade
 from poweropd.models import stop_token_ids
 from poweropd.tasks import arithmetic
-from poweropd.tasks.models import (
-    SHIPPED_DIR,
-    SFTConfig,
-    TaskConfig,
-    TinyQwen3,
-    accuracy,
-    encode_sft_batch,
-    load_task_model,
-    prepare_task_models,
-)
+from poweropd.tasks.recipe import SHIPPED_DIR, TaskConfig, TinyQwen3, prepare_task_models
+from poweropd.tasks.sft import SFTConfig, accuracy, encode_sft_batch, load_task_model
 from poweropd.tasks.tokenizer import build_tokenizer
 
 PROBLEM = re.compile(r"^Compute (\d+)((?: [+-] \d+)+)\.$")

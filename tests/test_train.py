@@ -249,10 +249,11 @@ def test_bf16_autocast_update_matches_float32(reward):
     from conftest import make_char_tokenizer, make_tiny_qwen3
 
     from poweropd.config import RewardConfig
+    from poweropd.losses import make_objective
     from poweropd.models import output_layer
     from poweropd.rollout import build_rollouts
     from poweropd.teacher import HFScorer
-    from poweropd.train import Objective, compute_gradients
+    from poweropd.train import compute_gradients
 
     vocab = len(make_char_tokenizer())
     student, teacher = make_tiny_qwen3(vocab, seed=0), make_tiny_qwen3(vocab, hidden=48, seed=1)
@@ -264,7 +265,7 @@ def test_bf16_autocast_update_matches_float32(reward):
     for dtype in (None, torch.bfloat16):
         student.zero_grad(set_to_none=True)
         compute_gradients(
-            student, rollouts, scores, Objective.from_config(RewardConfig(name=reward)), micro_batch_size=1,
+            student, rollouts, scores, make_objective(RewardConfig(name=reward)), micro_batch_size=1,
             teacher_output_layer=output_layer(teacher), vocab_size=vocab, autocast_dtype=dtype,
         )  # fmt: skip
         assert all(p.grad.dtype == torch.float32 for p in student.parameters() if p.grad is not None)
@@ -279,10 +280,11 @@ def test_full_kl_takes_the_teacher_logprobs_from_its_own_pass():
     from conftest import make_char_tokenizer, make_tiny_qwen3
 
     from poweropd.config import RewardConfig
+    from poweropd.losses import make_objective
     from poweropd.models import output_layer
     from poweropd.rollout import build_rollouts
     from poweropd.teacher import HFScorer
-    from poweropd.train import Objective, compute_gradients
+    from poweropd.train import compute_gradients
 
     vocab = len(make_char_tokenizer())
     student, teacher = make_tiny_qwen3(vocab, seed=0), make_tiny_qwen3(vocab, hidden=48, seed=1)
@@ -296,7 +298,7 @@ def test_full_kl_takes_the_teacher_logprobs_from_its_own_pass():
         scores = scorer.score(rollouts, keep_hidden=True, logprobs=logprobs)
         assert (scores.logp_BT is None) != logprobs
         student.zero_grad(set_to_none=True)
-        objective = Objective.from_config(RewardConfig(name="full_kl"))
+        objective = make_objective(RewardConfig(name="full_kl"))
         results.append(compute_gradients(student, rollouts, scores, objective, **kwargs))
         grads.append([p.grad.clone() for p in student.parameters()])
     torch.testing.assert_close(results[1].log_ratio_BT, results[0].log_ratio_BT)
@@ -304,6 +306,4 @@ def test_full_kl_takes_the_teacher_logprobs_from_its_own_pass():
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="needs the teacher's log-probs"):
-        compute_gradients(
-            student, rollouts, scores, Objective.from_config(RewardConfig(name="power")), **kwargs
-        )
+        compute_gradients(student, rollouts, scores, make_objective(RewardConfig(name="power")), **kwargs)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from poweropd.benchmarks import load_benchmark
+from poweropd.benchmark_data import load_benchmark
 from poweropd.data import encode_prompts
 from poweropd.evaluate import EvalConfig, evaluate_model
 from poweropd.models import load_causal_lm, load_tokenizer, resolve_model, stop_token_ids

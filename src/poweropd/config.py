@@ -18,8 +18,6 @@ import yaml
 from .errors import UserError, require
 from .rewards import REWARDS
 
-# Every training method: the sampled-token rewards of the registry, plus the full-vocabulary reverse KL.
-METHODS = (*REWARDS, "full_kl")
 DEVICES = ("cpu", "cuda")
 DTYPES = ("float32", "bfloat16")
 
@@ -83,22 +81,50 @@ class RolloutConfig:
         )
 
 
+def methods() -> tuple[str, ...]:
+    """Every training method: the registry's sampled-token rewards (read now: a registered reward counts),
+    plus the full-vocabulary reverse KL."""
+    return (*REWARDS, "full_kl")
+
+
+TOKEN_SELECTORS = ("entropy",)
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     name: str = "power"
-    """Training method: log_ratio, clip, tanh, zscore, power (sampled-token rewards) or full_kl."""
+    """Training method: a reward of poweropd.rewards.REWARDS (log_ratio, clip, tanh, zscore, power, proximal)
+    or full_kl."""
     alpha: float = 1.0
-    """Exponent α of the power reward π_T^α − π_S^α; the paper sweeps 0.1 … 500."""
+    """α of the power reward π_T^α − π_S^α (the paper sweeps 0.1 … 500) or of the proximal reward (0, 1]."""
+    alpha_end: float | None = None
+    """α at the last step (--alpha-schedule A0:A1): α moves geometrically from ``alpha`` to it over training."""
     clip_low: float = -1.0
     """Lower bound of the clip reward."""
     clip_high: float = 1.0
     """Upper bound of the clip reward."""
     tanh_tau: float = 1.0
     """Temperature of the tanh reward: tanh(log_ratio / tau)."""
+    token_select: str | None = None
+    """Train on a fraction of the tokens only: ``entropy:K`` keeps the fraction K of each micro-batch's valid
+    tokens with the highest student entropy (TIP: token importance in OPD); None keeps every token."""
 
     def __post_init__(self):
-        require(self.name in METHODS, "reward.name (--reward)", f"one of {', '.join(METHODS)}", self.name)
-        require(self.alpha > 0, "reward.alpha (--alpha)", "a number > 0", self.alpha)
+        names = methods()
+        require(self.name in names, "reward.name (--reward)", f"one of {', '.join(names)}", self.name)
+        record = REWARDS.get(self.name)
+        for key, value in (("alpha", self.alpha), ("alpha_end", self.alpha_end)):
+            flag = "--alpha-schedule" if key == "alpha_end" else "--alpha"
+            if value is not None and record is not None and "alpha" in record.hparams:
+                require(record.accepts_alpha(value), f"reward.{key} ({flag})", record.alpha_expected(), value)
+            elif value is not None:
+                require(value > 0, f"reward.{key} ({flag})", "a number > 0", value)
+        require(
+            self.alpha_end is None or (record is not None and "alpha" in record.hparams),
+            "reward.alpha_end (--alpha-schedule)",
+            "a reward that takes --alpha (power, proximal)",
+            self.name,
+        )
         require(
             self.clip_low < self.clip_high,
             "reward.clip_low/clip_high (--clip-low/--clip-high)",
@@ -106,20 +132,69 @@ class RewardConfig:
             (self.clip_low, self.clip_high),
         )
         require(self.tanh_tau > 0, "reward.tanh_tau (--tanh-tau)", "a number > 0", self.tanh_tau)
+        if self.token_select is not None:
+            kind, _, fraction = self.token_select.partition(":")
+            ok = kind in TOKEN_SELECTORS and _is_fraction(fraction) and self.name != "full_kl"
+            require(
+                ok,
+                "reward.token_select (--token-select)",
+                "entropy:K with K in (0, 1], for a sampled-token reward",
+                self.token_select,
+            )
+
+    @property
+    def record(self):
+        """The reward's registry record (None for full_kl)."""
+        return REWARDS.get(self.name)
+
+    def hparams_at(self, progress: float = 0.0) -> dict[str, float]:
+        """Keyword arguments of the registry function, with α at ``progress`` ∈ [0, 1] of the run."""
+        if self.record is None:
+            return {}
+        values = {field_name: getattr(self, field_name) for field_name in self.record.hparams.values()}
+        if self.alpha_end is not None:  # geometric: equal ratios per step, as α spans decades
+            values["alpha"] = self.alpha * (self.alpha_end / self.alpha) ** min(max(progress, 0.0), 1.0)
+        return {kw: values[field_name] for kw, field_name in self.record.hparams.items()}
 
     @property
     def hparams(self) -> dict[str, float]:
-        """Keyword arguments of the registry function for this reward."""
-        return {
-            "power": {"alpha": self.alpha},
-            "clip": {"low": self.clip_low, "high": self.clip_high},
-            "tanh": {"tau": self.tanh_tau},
-        }.get(self.name, {})
+        return self.hparams_at(0.0)
+
+    @property
+    def select_fraction(self) -> float | None:
+        return float(self.token_select.partition(":")[2]) if self.token_select else None
 
     @property
     def label(self) -> str:
-        """Short method id used in reports, e.g. power@10 or log_ratio."""
-        return f"power@{self.alpha:g}" if self.name == "power" else self.name
+        """Method id in reports and ``poweropd demo --methods``: power@10, power@1:10, power@10+entropy:0.5."""
+        if self.record is None:
+            return self.name
+        label = self.record.label(self.hparams)
+        if self.alpha_end is not None:
+            label += f":{self.alpha_end:g}"
+        return label + (f"+{self.token_select}" if self.token_select else "")
+
+    @classmethod
+    def from_label(cls, label: str) -> RewardConfig:
+        """The inverse of ``label``: "power@1:10+entropy:0.5" -> RewardConfig(power, alpha=1, alpha_end=10, ...)."""
+        body, _, select = label.partition("+")
+        name, _, alphas = body.partition("@")
+        fields_ = {"name": name, "token_select": select or None}
+        if alphas:
+            first, _, last = alphas.partition(":")
+            try:
+                fields_["alpha"] = float(first)
+                fields_["alpha_end"] = float(last) if last else None
+            except ValueError:
+                raise UserError(f"method {label}: expected name@alpha[:alpha_end][+entropy:K]") from None
+        return cls(**fields_)
+
+
+def _is_fraction(text: str) -> bool:
+    try:
+        return 0 < float(text) <= 1
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -150,29 +225,75 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Evaluation: `poweropd eval`, and the ``eval`` section of a training run (``--eval-*`` flags)."""
+
     every: int = 0
-    """Evaluate every K optimizer steps (and after the last); 0 = never."""
-    benchmarks: str = "gsm8k"
-    """Comma-separated benchmark names (see `poweropd eval`)."""
+    """Training only: evaluate every K optimizer steps (and after the last); 0 = never."""
+    benchmarks: tuple[str, ...] = ("gsm8k",)
+    """Benchmark names (see `poweropd eval`; a comma-separated string is accepted); the demo evaluates its
+    own task."""
     data_dir: str | None = None
     """Folder of benchmark JSONL files; default: the Hugging Face hub."""
     limit: int | None = 50
-    """Problems per benchmark."""
+    """Problems per benchmark (None = all)."""
     n: int = 4
-    """Samples per problem (Avg@n, Pass@n)."""
+    """Samples per problem (Avg@n, Pass@n; the paper: 8)."""
     max_new_tokens: int = 1024
+    """Response length cap; a response that reaches it counts as truncated."""
     temperature: float = 0.6
+    """Sampling temperature; 0 = greedy (then all n samples are identical)."""
     top_p: float = 0.95
+    """Nucleus sampling mass in (0, 1]."""
     batch_size: int = 64
-    """Sequences per generate call while evaluating."""
+    """Sequences per sampler call (problems × samples are flattened and cut into batches)."""
+    seed: int = 0
+    """Sampling seed, reset before each benchmark so a benchmark's results do not depend on the others."""
+    engine: str = "generate"
+    """Sampler (rollout.SAMPLERS): generate or loop; both give the same samples for a seed."""
 
     def __post_init__(self):
+        from .rollout import SAMPLERS
+
+        if isinstance(self.benchmarks, str):
+            object.__setattr__(
+                self, "benchmarks", tuple(b.strip() for b in self.benchmarks.split(",") if b.strip())
+            )
         require(self.every >= 0, "eval.every (--eval-every)", "an integer ≥ 0", self.every)
-        require(self.n >= 1, "eval.n (--eval-n)", "an integer ≥ 1", self.n)
+        require(len(self.benchmarks) > 0 and all(self.benchmarks), "eval.benchmarks (--benchmarks)",
+                "at least one benchmark name", self.benchmarks)  # fmt: skip
+        require(self.n >= 1, "eval.n (--n, --eval-n)", "an integer ≥ 1", self.n)
         require(
-            self.limit is None or self.limit >= 1, "eval.limit (--eval-limit)", "an integer ≥ 1", self.limit
+            self.limit is None or self.limit >= 1,
+            "eval.limit (--limit, --eval-limit)",
+            "an integer ≥ 1",
+            self.limit,
         )
-        require(self.max_new_tokens >= 1, "eval.max_new_tokens", "an integer ≥ 1", self.max_new_tokens)
+        require(
+            self.max_new_tokens >= 1,
+            "eval.max_new_tokens (--max-new-tokens)",
+            "an integer ≥ 1",
+            self.max_new_tokens,
+        )
+        require(self.temperature >= 0, "eval.temperature (--temperature)", "a number ≥ 0", self.temperature)
+        require(0 < self.top_p <= 1, "eval.top_p (--top-p)", "a number in (0, 1]", self.top_p)
+        require(self.batch_size >= 1, "eval.batch_size (--batch-size)", "an integer ≥ 1", self.batch_size)
+        require(
+            self.engine in SAMPLERS,
+            "eval.engine (--rollout-engine)",
+            f"one of {', '.join(SAMPLERS)}",
+            self.engine,
+        )
+
+    def sampling(self, stop_ids: list[int]):
+        from .rollout import SamplingConfig
+
+        return SamplingConfig(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=0,  # explicit: a model's generation_config may carry top_k=50
+            stop_token_ids=tuple(stop_ids),
+        )
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from .errors import UserError
 
@@ -59,3 +64,29 @@ def render_prompt(tokenizer, problem: str) -> str:
 def encode_prompts(tokenizer, problems: list[str]) -> list[list[int]]:
     # The template already holds any BOS the model wants; add_special_tokens=False avoids a second one.
     return [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in problems]
+
+
+@dataclass(frozen=True)
+class DataOrder:
+    """Which prompts a step uses: a seeded permutation per epoch, indexed by the global sample count.
+
+    Stateless: the prompts of step s depend only on (seed, s), so resuming needs nothing but the step.
+    """
+
+    num_prompts: int
+    seed: int
+
+    def indices(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[int]:
+        per_process = batch_size // world_size
+        first = (step - 1) * batch_size + rank * per_process
+        return [self._index(g) for g in range(first, first + per_process)]
+
+    def _index(self, sample: int) -> int:
+        epoch, position = divmod(sample, self.num_prompts)
+        return int(self._permutation(epoch)[position])
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - a few epochs' permutations, tied to this frozen object
+    def _permutation(self, epoch: int) -> Tensor:
+        return torch.randperm(
+            self.num_prompts, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        )

@@ -19,24 +19,28 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import EvalConfig, ModelConfig, OptimConfig, RewardConfig, RolloutConfig, RunConfig, TrainConfig
+from .demo_report import BASELINES
 from .errors import UserError
 
-# method id -> reward section
-BASELINES = ("log_ratio", "clip", "tanh", "zscore")
+# Method ids are RewardConfig labels: log_ratio, power@10, proximal@0.5, power@1:10 (an α schedule),
+# power@10+entropy:0.5 (token selection), full_kl; any registered reward works the same way.
 PAPER_ALPHAS = (0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0)
-METHODS: dict[str, dict] = {
-    **{name: {"name": name} for name in BASELINES},
-    **{f"power@{a:g}": {"name": "power", "alpha": a} for a in PAPER_ALPHAS},
-    "full_kl": {"name": "full_kl"},
-}
 DEFAULT_METHODS = (*BASELINES, "power@0.1", "power@1", "power@10", "full_kl")
 """Every baseline, three α a decade apart (chosen before any comparison), and full-vocabulary KL."""
 QUICK_METHODS = ("log_ratio", "power@1", "full_kl")
-FULL_METHODS = tuple(METHODS)
+FULL_METHODS = (*BASELINES, *(f"power@{a:g}" for a in PAPER_ALPHAS), "full_kl")
 TASK = "arithmetic"
-CRITERION = {"full_kl": 0.20, "sampled_mean": 0.05}
-"""The testbed's learning criterion (docs/testbed.md), fixed before rewards were compared: Avg@8 gains over
-the initial student of full_kl, and of the mean over every sampled-token method."""
+
+
+def method_config(method: str) -> RewardConfig:
+    """The reward section of a method id; a bad id is a one-line error naming it."""
+    try:
+        return RewardConfig.from_label(method)
+    except UserError as err:
+        raise UserError(
+            f"--methods {method}: expected a method id such as log_ratio, power@10, proximal@0.5, power@1:10 or "
+            f"power@10+entropy:0.5 ({err})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class DemoConfig:
     output_dir: str = "demo"
     """Where results.json, report.md, figures and each run's folder go."""
     methods: tuple[str, ...] = DEFAULT_METHODS
-    """Method ids (see METHODS); --quick: log_ratio, power@1, full_kl; --full: every baseline and α."""
+    """Method ids (``method_config``); --quick: log_ratio, power@1, full_kl; --full: every baseline and α."""
     seeds: int = 3
     """Independent OPD runs per method (data order and samples); results are mean ± std, claims are tested
     on the paired per-seed differences."""
@@ -78,11 +82,10 @@ class DemoConfig:
     def __post_init__(self):
         from .rollout import SAMPLERS
 
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise UserError(
-                f"--methods {','.join(unknown) or '(empty)'}: expected method ids among {', '.join(METHODS)}"
-            )
+        if not self.methods:
+            raise UserError("--methods: expected at least one method id")
+        for method in self.methods:
+            method_config(method)
         for name in ("seeds", "steps", "batch_size", "max_new_tokens", "eval_every", "validation_problems",
                      "test_problems", "n", "workers"):  # fmt: skip
             if getattr(self, name) < 1:
@@ -109,7 +112,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     """Prepare the task, train every method and seed, evaluate, write results.json, report.md and figures."""
     from . import demo_report
     from .tasks import floatpath
-    from .tasks.models import TaskConfig, prepare_task_models
+    from .tasks.recipe import TaskConfig, prepare_task_models
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,23 +173,19 @@ def _shown(path: Path) -> str:
 
 
 def _problems(path: Path, limit: int) -> list:
-    from .benchmarks import Problem
+    from .benchmark_data import Problem
 
     rows = [json.loads(line) for line in path.read_text().splitlines()][:limit]
     return [Problem(r["id"], r["problem"], [r["answer"]]) for r in rows]
 
 
-def _test_harness(cfg: DemoConfig):
-    from .evaluate import EvalConfig as HarnessConfig
-
-    return HarnessConfig(benchmarks=(TASK,), n=cfg.n, max_new_tokens=cfg.max_new_tokens, batch_size=256,
+def _test_harness(cfg: DemoConfig) -> EvalConfig:
+    return EvalConfig(benchmarks=(TASK,), n=cfg.n, max_new_tokens=cfg.max_new_tokens, batch_size=256,
                          seed=0, engine=cfg.rollout_engine)  # fmt: skip
 
 
-def _validation_harness(cfg: DemoConfig):
-    from .evaluate import EvalConfig as HarnessConfig
-
-    return HarnessConfig(benchmarks=(TASK,), n=1, max_new_tokens=cfg.max_new_tokens, batch_size=256,
+def _validation_harness(cfg: DemoConfig) -> EvalConfig:
+    return EvalConfig(benchmarks=(TASK,), n=1, max_new_tokens=cfg.max_new_tokens, batch_size=256,
                          seed=0, engine=cfg.rollout_engine)  # fmt: skip
 
 
@@ -194,7 +193,7 @@ def _train_config(cfg: DemoConfig, task, method: str, seed: int, out: Path) -> T
     return TrainConfig(
         model=ModelConfig(student=str(task.student_dir), teacher=str(task.teacher_dir)),
         rollout=RolloutConfig(max_new_tokens=cfg.max_new_tokens, engine=cfg.rollout_engine),
-        reward=RewardConfig(**METHODS[method]),
+        reward=method_config(method),
         optim=OptimConfig(lr=cfg.lr),
         eval=EvalConfig(
             every=cfg.eval_every, n=1, temperature=0.6, max_new_tokens=cfg.max_new_tokens, batch_size=256
@@ -236,7 +235,7 @@ def _evaluate(model, tokenizer, problems: list, harness) -> dict:
 
 
 def _evaluate_folder(folder: Path, problems: list, harness) -> dict:
-    from .tasks.models import load_task_model
+    from .tasks.sft import load_task_model
 
     _worker_setup()
     return _evaluate(*load_task_model(folder), problems, harness)
@@ -247,7 +246,7 @@ def _run_method(train_cfg: TrainConfig, validation: list, test: list, cfg: DemoC
     steps), then Avg@8 / Pass@8 / length of the final student on the test problems."""
     import shutil
 
-    from .tasks.models import load_task_model
+    from .tasks.sft import load_task_model
     from .train import train
 
     _worker_setup()
@@ -287,7 +286,7 @@ def _initial_reward_distributions(task, test: list, cfg: DemoConfig, out: Path) 
         sample_and_score,
     )
     from .plots import position_figure, reward_histogram
-    from .tasks.models import load_task_model
+    from .tasks.sft import load_task_model
 
     _worker_setup()
     student, tokenizer = load_task_model(task.student_dir)
@@ -301,7 +300,7 @@ def _initial_reward_distributions(task, test: list, cfg: DemoConfig, out: Path) 
         max_new_tokens=cfg.max_new_tokens,
         batch_size=128,
     )
-    alphas = sorted({METHODS[m]["alpha"] for m in METHODS if METHODS[m]["name"] == "power"})
+    alphas = list(PAPER_ALPHAS)
     args = (scored.teacher_logp_BT, scored.student_logp_BT, scored.mask_BT)
     values = reward_values(*args, alphas)
     mask = scored.mask_BT.bool()
@@ -323,8 +322,14 @@ def _initial_reward_distributions(task, test: list, cfg: DemoConfig, out: Path) 
 
 def _summarise(method: str, rows: list[dict]) -> dict:
     """Mean and std over seeds of every number, the per-seed values (claims pair them by seed), the curves."""
-    spec = METHODS[method]
-    out: dict = {"reward": spec["name"], "alpha": spec.get("alpha"), "seeds": len(rows)}
+    reward = method_config(method)
+    out: dict = {
+        "reward": reward.name,
+        "alpha": reward.alpha if reward.record is not None and "alpha" in reward.record.hparams else None,
+        "alpha_end": reward.alpha_end,
+        "token_select": reward.token_select,
+        "seeds": len(rows),
+    }
     for key in ("avg@n", "pass@n", "mean_length", "truncated_frac", "grad_norm_max", "reward_min",
                 "reward_max", "log_ratio_min", "validation_final"):  # fmt: skip
         values = [r[key] for r in rows]

@@ -13,9 +13,12 @@ import math
 import statistics
 from pathlib import Path
 
-from .demo import BASELINES, CRITERION, TASK
-
 ACC = "avg@n"
+BASELINES = ("log_ratio", "clip", "tanh", "zscore")
+"""The paper's vanilla OPD and post-hoc baselines, which claim C4 compares PowerOPD with."""
+CRITERION = {"full_kl": 0.20, "sampled_mean": 0.05}
+"""The testbed's learning criterion (docs/testbed.md), fixed before rewards were compared: Avg@8 gains over
+the initial student of full_kl, and of the mean over every sampled-token method."""
 
 
 def _verdict(effect: float, se: float | None) -> str:
@@ -52,9 +55,15 @@ def _accuracy_difference(results: dict, m: str, other: dict) -> tuple[float, flo
     return effect, se
 
 
+def _fixed_powers(methods: dict) -> list[str]:
+    """Power rewards with one fixed α over every token (no schedule, no token selection): the paper's."""
+    return [m for m, row in methods.items() if row["reward"] == "power" and not row.get("alpha_end")
+            and not row.get("token_select")]  # fmt: skip
+
+
 def best_power(methods: dict) -> str | None:
     """The power α with the highest final validation accuracy (never chosen on the test problems)."""
-    powers = [m for m in methods if methods[m]["reward"] == "power"]
+    powers = _fixed_powers(methods)
     return max(powers, key=lambda m: methods[m]["validation_final"]) if powers else None
 
 
@@ -143,7 +152,7 @@ def claims(results: dict) -> dict:
 
     # C5: larger α shortens responses (slope of mean test length on log10 α, every α and seed)
     xs, ys = [], []
-    for row in methods.values():
+    for row in (methods[m] for m in _fixed_powers(methods)):
         if row["reward"] == "power":
             xs += [math.log10(row["alpha"])] * len(row["per_seed"]["mean_length"])
             ys += row["per_seed"]["mean_length"]
@@ -201,7 +210,7 @@ def criterion(results: dict) -> dict:
 
 
 def _curves(results: dict, method: str, key: str):
-    from .plots import SeedCurves
+    from .run_plots import SeedCurves
 
     row = results["methods"][method]
     if key == "validation":  # the initial student's validation accuracy is step 0 of every curve
@@ -213,28 +222,27 @@ def _curves(results: dict, method: str, key: str):
     return SeedCurves(method, steps, values)
 
 
-def method_color(method: str):
-    """One colour per method id in every figure (tab20, in the order of demo.METHODS)."""
+def method_colors(methods) -> dict:
+    """One colour per method in every figure of a report (tab20, in the order the methods ran)."""
     from matplotlib import colormaps
 
-    from .demo import METHODS
-
-    return colormaps["tab20"](list(METHODS).index(method) % 20)
+    return {m: colormaps["tab20"](i % 20) for i, m in enumerate(methods)}
 
 
 def figures(results: dict, out: Path) -> list[str]:
-    from .plots import seed_band_figure
+    from .run_plots import seed_band_figure
 
     methods = results["methods"]
     best = best_power(methods)
     headline = [m for m in ("log_ratio", best, "full_kl") if m in methods]
     teacher = {f"teacher (test Avg@8 {results['teacher'][ACC]:.2f})": results["teacher"][ACC]}
-    colors = [method_color(m) for m in methods]
+    palette = method_colors(methods)
+    colors = [palette[m] for m in methods]
     paths = [
         seed_band_figure(
             [{"curves": [_curves(results, m, "validation") for m in headline], "title": "accuracy on the "
               "validation problems (1 sample each, T = 0.6)", "ylabel": "accuracy", "hlines": teacher,
-              "colors": [method_color(m) for m in headline]}],
+              "colors": [palette[m] for m in headline]}],
             out / "accuracy_vs_step.png",
             width=7.0,
         ),
@@ -317,4 +325,14 @@ def report(results: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["TASK", "best_power", "claims", "criterion", "figures", "paired", "report", "results_table"]
+__all__ = [
+    "BASELINES",
+    "CRITERION",
+    "best_power",
+    "claims",
+    "criterion",
+    "figures",
+    "paired",
+    "report",
+    "results_table",
+]

@@ -11,7 +11,6 @@ function that touches models: it collects the tensors exactly as the training lo
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -148,8 +147,8 @@ def most_negative(values_BT, mask_BT, k: int = 10) -> list[dict]:
 
 
 def power_key(alpha: float) -> str:
-    """10.0 -> ``power@10``."""
-    return f"power@{alpha:g}"
+    """10.0 -> ``power@10`` (the power record's label)."""
+    return REWARDS["power"].label({"alpha": alpha})
 
 
 def reward_values(
@@ -161,18 +160,26 @@ def reward_values(
     clip_range: tuple[float, float] = (-1.0, 1.0),
     tanh_tau: float = 1.0,
 ) -> dict[str, Tensor]:
-    """Every reward of ``rewards.REWARDS`` on the same tokens: {"log_ratio", "power@α"..., "clip", "tanh", "zscore"}.
+    """Every reward of the registry on the same tokens, keyed by its label: "log_ratio", "clip", "tanh",
+    "zscore", "power@α" and "proximal@α" for each α that the reward accepts, and any registered reward.
 
     Each value is (B, T) float32, zero where the mask is False.
     """
-    fns = {
-        "log_ratio": REWARDS["log_ratio"],
-        **{power_key(a): functools.partial(REWARDS["power"], alpha=float(a)) for a in alphas},
-        "clip": functools.partial(REWARDS["clip"], low=clip_range[0], high=clip_range[1]),
-        "tanh": functools.partial(REWARDS["tanh"], tau=tanh_tau),
-        "zscore": REWARDS["zscore"],
-    }
-    return {name: fn(teacher_logp_BT, student_logp_BT, mask_BT) for name, fn in fns.items()}
+    from .config import RewardConfig
+
+    out = {}
+    for name, record in REWARDS.items():
+        settings = (
+            [{"alpha": float(a)} for a in alphas if record.accepts_alpha(a)]
+            if "alpha" in record.hparams
+            else [{}]
+        )
+        for extra in settings:
+            cfg = RewardConfig(
+                name=name, clip_low=clip_range[0], clip_high=clip_range[1], tanh_tau=tanh_tau, **extra
+            )
+            out[cfg.label] = record.bind(**cfg.hparams)(teacher_logp_BT, student_logp_BT, mask_BT)
+    return out
 
 
 def reward_table(
@@ -205,7 +212,7 @@ def reward_surface(name: str, probs_N, **hparams) -> np.ndarray:
     teacher_NN = logp_N[:, None].expand(-1, logp_N.numel())
     student_NN = logp_N[None, :].expand(logp_N.numel(), -1)
     mask_NN = torch.ones_like(teacher_NN, dtype=torch.bool)
-    return REWARDS[name](teacher_NN, student_NN, mask_NN, **hparams).double().numpy()
+    return REWARDS[name].bind(**hparams)(teacher_NN, student_NN, mask_NN).double().numpy()
 
 
 # ---- collecting the tensors (models in, tensors out) ----------------------------------------------------

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .benchmarks import BENCHMARKS, Problem
+from .benchmark_data import BENCHMARKS, Problem
+from .config import EvalConfig
 from .data import encode_prompts
 from .errors import UserError
 from .grading import extract_answer, grade
 from .models import stop_token_ids
-from .rollout import SAMPLERS, Sampler, SamplingConfig, make_sampler
+from .rollout import Sampler, make_sampler
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -35,68 +36,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         prob_all_wrong *= 1.0 - k / i
     return 1.0 - prob_all_wrong
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    benchmarks: tuple[str, ...] = ("math500",)
-    """Names of the problem sets (the CLI resolves them against benchmarks.BENCHMARKS; the demo evaluates its
-    own task); informational for evaluate_model."""
-    n: int = 8
-    """Samples per problem: the paper's Avg@8 / Pass@8."""
-    temperature: float = 0.6
-    """Sampling temperature; 0 = greedy (then all n samples are identical)."""
-    top_p: float = 0.95
-    """Nucleus sampling mass in (0, 1]."""
-    max_new_tokens: int = 2048
-    """Response length cap; a response that reaches it counts as truncated."""
-    limit: int | None = None
-    """Evaluate only the first ``limit`` problems of each benchmark (None = all)."""
-    batch_size: int = 16
-    """Sequences per generate call (prompts × samples are flattened and cut into batches)."""
-    seed: int = 0
-    """Sampling seed, reset before each benchmark so a benchmark's results do not depend on the others."""
-    engine: str = "generate"
-    """Sampler (rollout.SAMPLERS): generate or loop; both give the same samples for a seed."""
-
-    def __post_init__(self):
-        def need(ok: bool, field: str, flag: str, expected: str, got) -> None:
-            if not ok:
-                raise UserError(f"EvalConfig.{field} ({flag}): expected {expected}, got {got!r}")
-
-        need(
-            len(self.benchmarks) > 0, "benchmarks", "--benchmarks", "at least one benchmark", self.benchmarks
-        )
-        for name in self.benchmarks:
-            need(bool(name), "benchmarks", "--benchmarks", "non-empty names", name)
-        need(self.n >= 1, "n", "--n", "an integer >= 1", self.n)
-        need(self.temperature >= 0, "temperature", "--temperature", "a number >= 0", self.temperature)
-        need(0 < self.top_p <= 1, "top_p", "--top-p", "a number in (0, 1]", self.top_p)
-        need(
-            self.max_new_tokens >= 1,
-            "max_new_tokens",
-            "--max-new-tokens",
-            "an integer >= 1",
-            self.max_new_tokens,
-        )
-        need(self.limit is None or self.limit >= 1, "limit", "--limit", "an integer >= 1", self.limit)
-        need(self.batch_size >= 1, "batch_size", "--batch-size", "an integer >= 1", self.batch_size)
-        need(
-            self.engine in SAMPLERS,
-            "engine",
-            "--rollout-engine",
-            f"one of {', '.join(SAMPLERS)}",
-            self.engine,
-        )
-
-    def sampling(self, stop_ids: list[int]) -> SamplingConfig:
-        return SamplingConfig(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=0,  # explicit: a model's generation_config may carry top_k=50
-            stop_token_ids=tuple(stop_ids),
-        )
 
 
 def _metric_names(n: int) -> tuple[str, str]:

@@ -1,26 +1,29 @@
-"""Training objectives: the REINFORCE surrogate for sampled-token rewards and the full-vocabulary reverse KL.
+"""Training objectives behind one interface: sampled-token rewards (the REINFORCE surrogate) and the
+full-vocabulary reverse KL.
 
-Pure functions of tensors; each returns ``(loss, metrics)`` where metrics are detached scalars with
-namespaced keys. Aggregation is a token mean over the *whole* batch: the caller passes ``num_tokens``, the
-count of valid tokens over every micro-batch and process, so that gradient accumulation and data parallelism
-give the same gradient as one big batch.
+An ``Objective`` turns one micro-batch (``MicroBatch``: the student's hidden states and output layer, the
+sampled tokens, what the teacher gave) into ``(loss, metrics)``; the training loop only sums those losses'
+gradients. Where a fused output-layer op exists (``fused.py``) the objective chooses it here, next to the
+reference path it replaces (``logprobs.chunked_token_logprobs`` and the plain losses below); tests check that
+both give the same loss and gradients. Aggregation is a token mean over the *whole* batch: ``num_tokens`` counts
+the valid tokens of every micro-batch and process, so gradient accumulation and data parallelism give the
+gradient of one big batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .logprobs import (
-    DEFAULT_CHUNK_SIZE,
-    OutputLayer,
-    chunk_logits,
-    compute_dtype_for,
-    exp_normalize_,
-    is_plain_linear,
-)
+from .fused import fused_policy_gradient_loss, fused_reverse_kl_loss, top_fraction
+from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer, chunked_token_logprobs, is_plain_linear
+from .rewards import REWARDS
 
 
 def policy_gradient_loss(
@@ -34,145 +37,6 @@ def policy_gradient_loss(
     weighted_BT = torch.where(mask_BT, reward_BT.detach().float() * student_logp_BT.float(), 0.0)
     loss = -weighted_BT.sum() / num_tokens
     return loss, {"loss/pg": loss.detach()}
-
-
-class _LinearGradients:
-    """Gradients of a bias-free linear layer (logits_nV = h_nH Wᵀ), accumulated chunk by chunk during a
-    forward pass, and handed to autograd's backward scaled by the incoming gradient of the loss.
-
-    The fused losses below know ∂L/∂logits as soon as a chunk's logits exist, so the logits are never
-    recomputed: three matmuls per position (logits, ∂hidden, ∂W) against the four of a forward pass followed
-    by backpropagation through it.
-    """
-
-    def __init__(self, ctx, hidden_NH: Tensor, weight_VH: Tensor, rows: int, dtype: torch.dtype):
-        need_hidden, need_weight = ctx.needs_input_grad[:2]
-        self.dtype = dtype
-        self.hidden_NH = (
-            torch.empty(hidden_NH.shape, dtype=dtype, device=hidden_NH.device) if need_hidden else None
-        )
-        # float32 accumulation over chunks, and only the first ``rows`` rows get a gradient (vocabulary range)
-        self.weight_VH = (
-            torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
-            if need_weight
-            else None
-        )
-        self.rows = rows
-
-    def add(self, s: int, grad_nV: Tensor, h_nH: Tensor, weight_c: Tensor) -> None:
-        """Chunk ``s:s+n``: ∂L/∂logits (float32, may be overwritten) → ∂L/∂hidden rows and ∂L/∂W."""
-        grad_nV = grad_nV.to(self.dtype)
-        if self.hidden_NH is not None:
-            self.hidden_NH[s : s + grad_nV.shape[0]] = grad_nV @ weight_c
-        if self.weight_VH is not None and self.dtype == torch.float32:
-            self.weight_VH[: self.rows].addmm_(grad_nV.T, h_nH)
-        elif self.weight_VH is not None:
-            self.weight_VH[: self.rows].add_((grad_nV.T @ h_nH).float())
-
-    def save(self, ctx, hidden_NH: Tensor, weight_VH: Tensor) -> None:
-        ctx.save_for_backward(self.hidden_NH, self.weight_VH)
-        ctx.input_dtypes = (hidden_NH.dtype, weight_VH.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        grad_hidden_NH, grad_weight_VH = ctx.saved_tensors
-        hidden_dtype, weight_dtype = ctx.input_dtypes
-        grad_hidden = (grad_hidden_NH * grad_loss).to(hidden_dtype) if grad_hidden_NH is not None else None
-        grad_weight = (grad_weight_VH * grad_loss).to(weight_dtype) if grad_weight_VH is not None else None
-        return grad_hidden, grad_weight
-
-
-class _FusedLinearPolicyGradient(torch.autograd.Function):
-    """The surrogate with a bias-free linear output layer inside, its gradient built during the forward pass.
-
-    For a per-token reward r_t = f(log π_T(o_t), log π_S(o_t)), ∂L/∂logits_t = −(r_t / N)(onehot(o_t) − π_t)/τ
-    is known as soon as a chunk's logits exist (see ``_LinearGradients``).
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        hidden_NH,
-        weight_VH,
-        tokens_N,
-        teacher_logp_N,
-        mask_N,
-        reward_fn,
-        num_tokens,
-        temperature,
-        chunk,
-        dtype,
-    ):
-        hidden_c, weight_c = hidden_NH.to(dtype), weight_VH.to(dtype)
-        N = hidden_NH.shape[0]
-        logp_N = torch.empty(N, dtype=torch.float32, device=hidden_NH.device)
-        reward_N = torch.empty_like(logp_N)
-        grads = _LinearGradients(ctx, hidden_NH, weight_VH, weight_VH.shape[0], dtype)
-        for s in range(0, N, chunk):
-            h_nH, tokens_n, mask_n = (
-                hidden_c[s : s + chunk],
-                tokens_N[s : s + chunk, None],
-                mask_N[s : s + chunk],
-            )
-            logits_nV = chunk_logits(h_nH, weight_c, temperature)
-            picked_n = logits_nV.gather(-1, tokens_n).squeeze(-1)
-            # One exp pass, in place: the buffer goes logits → exp(logits − max) → the logits' gradient.
-            exp_nV, logz_n, sum_n1 = exp_normalize_(logits_nV)
-            logp_n = picked_n - logz_n
-            reward_n = reward_fn(teacher_logp_N[None, s : s + chunk], logp_n[None], mask_n[None])[0]
-            logp_N[s : s + chunk], reward_N[s : s + chunk] = logp_n, reward_n
-            g_n = torch.where(mask_n, -reward_n / num_tokens, 0.0)  # ∂L/∂log π_S(o_t)
-            # ∂log π/∂logits = (onehot − softmax)/τ, with softmax = exp / sum
-            grad_nV = exp_nV.mul_(-g_n[:, None] / sum_n1)
-            grad_nV.scatter_add_(-1, tokens_n, g_n[:, None])
-            if temperature != 1.0:
-                grad_nV.div_(temperature)
-            grads.add(s, grad_nV, h_nH, weight_c)
-            del logits_nV, exp_nV, grad_nV  # one chunk's buffer at a time (else two at the next matmul)
-        loss = -torch.where(mask_N, reward_N * logp_N, 0.0).sum() / num_tokens
-        grads.save(ctx, hidden_NH, weight_VH)
-        ctx.mark_non_differentiable(logp_N, reward_N)
-        return loss, logp_N, reward_N
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_logp, _grad_reward):
-        return *_LinearGradients.backward(ctx, grad_loss), *([None] * 8)
-
-
-def fused_policy_gradient_loss(
-    output_layer: torch.nn.Linear,
-    hidden_BTH: Tensor,
-    tokens_BT: Tensor,
-    teacher_logp_BT: Tensor,
-    mask_BT: Tensor,
-    reward_fn,
-    *,
-    num_tokens: int | float,
-    temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``policy_gradient_loss`` of a per-token reward, fused with a bias-free linear output layer.
-
-    Returns (loss, student_logp_BT, reward_BT), the last two detached. Same loss and gradient as computing
-    log π_S with ``chunked_token_logprobs`` and calling ``policy_gradient_loss`` (a test checks it), at
-    three instead of four vocabulary-sized matmuls per position. ``reward_fn`` must be per-token (not zscore).
-    """
-    if not is_plain_linear(output_layer):
-        raise ValueError("fused_policy_gradient_loss: expected a bias-free torch.nn.Linear output layer")
-    B, T, H = hidden_BTH.shape
-    loss, logp_N, reward_N = _FusedLinearPolicyGradient.apply(
-        hidden_BTH.reshape(B * T, H),
-        output_layer.weight,
-        tokens_BT.reshape(B * T),
-        teacher_logp_BT.reshape(B * T).float(),
-        mask_BT.reshape(B * T).bool(),
-        reward_fn,
-        num_tokens,
-        temperature,
-        chunk_size,
-        compute_dtype_for(hidden_BTH),
-    )
-    return loss, logp_N.view(B, T), reward_N.view(B, T)
 
 
 def reverse_kl_per_token(student_logits_BTV: Tensor, teacher_logits_BTV: Tensor) -> Tensor:
@@ -252,114 +116,153 @@ def chunked_reverse_kl(
     return tuple(torch.cat(parts).view(B, T) for parts in (kls, logps, teacher_logps))
 
 
-def _rowwise_dot(a_nV: Tensor, b_nV: Tensor) -> Tensor:
-    """Σ_v a·b per row in float32 without an n×V temporary (autocast would run the bmm in bf16)."""
-    with torch.autocast(a_nV.device.type, enabled=False):
-        return torch.bmm(a_nV[:, None, :], b_nV[:, :, None]).view(-1)
-
-
-class _FusedLinearReverseKL(torch.autograd.Function):
-    """Σ_t w_t KL_t(π_S ‖ π_T) with both bias-free output layers inside, the gradient built in the forward pass.
-
-    ∂KL_t/∂z_S = π_S ⊙ (log π_S − log π_T − KL_t) / τ for student logits z_S (the teacher is fixed), so one
-    chunk costs two logits matmuls (student, teacher) and the student's ∂hidden and ∂W: four vocabulary-sized
-    matmuls per position, as the naive recipe's forward + backward, with O(chunk · V) memory. Per chunk, in
-    float32: the student's and the teacher's logits, a logsumexp temporary, then the two buffers are turned
-    in place into π_S and log π_S − log π_T, and the latter into the gradient.
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        hidden_NH,
-        weight_VH,
-        teacher_hidden_NH,
-        teacher_weight_VH,
-        tokens_N,
-        weight_N,
-        vocab_size,
-        temperature,
-        chunk,
-        dtype,
-    ):
-        hidden_c, weight_c = hidden_NH.to(dtype), weight_VH[:vocab_size].to(dtype)
-        teacher_weight = teacher_weight_VH[:vocab_size]
-        device, N = hidden_NH.device, hidden_NH.shape[0]
-        kl_N, logp_N, teacher_logp_N = (torch.empty(N, dtype=torch.float32, device=device) for _ in range(3))
-        grads = _LinearGradients(ctx, hidden_NH, weight_VH, vocab_size, dtype)
-        for s in range(0, N, chunk):
-            h_nH, tokens_n1 = hidden_c[s : s + chunk], tokens_N[s : s + chunk, None]
-            diff_nV = chunk_logits(
-                teacher_hidden_NH[s : s + chunk].to(teacher_weight.dtype), teacher_weight, temperature
-            ).to(device)
-            teacher_logz_n1 = torch.logsumexp(diff_nV, -1, keepdim=True)
-            teacher_logp_N[s : s + chunk] = (diff_nV.gather(-1, tokens_n1) - teacher_logz_n1).squeeze(-1)
-            probs_nV = chunk_logits(h_nH, weight_c, temperature)
-            picked_n1 = probs_nV.gather(-1, tokens_n1)
-            diff_nV.sub_(probs_nV)  # z_T − z_S, before the student's buffer becomes exp(z_S − max)
-            probs_nV, logz_n, sum_n1 = exp_normalize_(probs_nV)
-            logp_N[s : s + chunk] = picked_n1.squeeze(-1) - logz_n
-            probs_nV.div_(sum_n1)  # π_S
-            # log π_S − log π_T = (z_S − logZ_S) − (z_T − logZ_T)
-            diff_nV.neg_().add_(teacher_logz_n1 - logz_n[:, None])
-            kl_n = _rowwise_dot(probs_nV, diff_nV)
-            kl_N[s : s + chunk] = kl_n
-            scale_n1 = weight_N[s : s + chunk, None] / temperature
-            grad_nV = diff_nV.sub_(kl_n[:, None]).mul_(probs_nV).mul_(scale_n1)
-            del probs_nV
-            grads.add(s, grad_nV, h_nH, weight_c)
-            del diff_nV, grad_nV
-        loss = (weight_N * kl_N).sum()
-        grads.save(ctx, hidden_NH, weight_VH)
-        ctx.mark_non_differentiable(kl_N, logp_N, teacher_logp_N)
-        return loss, kl_N, logp_N, teacher_logp_N
-
-    @staticmethod
-    def backward(ctx, grad_loss, _grad_kl, _grad_logp, _grad_teacher_logp):
-        return *_LinearGradients.backward(ctx, grad_loss), *([None] * 8)
-
-
-def fused_reverse_kl_loss(
-    student_output_layer: torch.nn.Linear,
-    teacher_output_layer: torch.nn.Linear,
-    student_hidden_BTH: Tensor,
-    teacher_hidden_BTH: Tensor,
-    tokens_BT: Tensor,
-    mask_BT: Tensor,
-    *,
-    num_tokens: int | float,
-    vocab_size: int,
-    temperature: float = 1.0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``full_kl_loss`` of ``chunked_reverse_kl``, fused with two bias-free linear output layers.
-
-    Returns (loss, kl_BT, student_logp_BT, teacher_logp_BT), the last three detached (log-probs of the
-    sampled tokens over the first ``vocab_size`` entries). Same loss and gradients as the checkpointed
-    ``chunked_reverse_kl`` (a test checks it) without recomputing any logits in the backward pass.
-    """
-    if not (is_plain_linear(student_output_layer) and is_plain_linear(teacher_output_layer)):
-        raise ValueError("fused_reverse_kl_loss: expected bias-free torch.nn.Linear output layers")
-    B, T, H = student_hidden_BTH.shape
-    weight_N = mask_BT.reshape(B * T).float() / num_tokens
-    loss, kl_N, logp_N, teacher_logp_N = _FusedLinearReverseKL.apply(
-        student_hidden_BTH.reshape(B * T, H),
-        student_output_layer.weight,
-        teacher_hidden_BTH.reshape(B * T, -1),
-        teacher_output_layer.weight,
-        tokens_BT.reshape(B * T).to(student_hidden_BTH.device),
-        weight_N,
-        vocab_size,
-        temperature,
-        chunk_size,
-        compute_dtype_for(student_hidden_BTH),
-    )
-    return loss, kl_N.view(B, T), logp_N.view(B, T), teacher_logp_N.view(B, T)
-
-
 def full_kl_loss(
     kl_BT: Tensor, mask_BT: Tensor, *, num_tokens: int | float
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """L = Σ_t KL_t / N over valid tokens: full-vocabulary OPD, differentiated exactly (no sampling noise)."""
     loss = torch.where(mask_BT.bool(), kl_BT, 0.0).sum() / num_tokens
     return loss, {"loss/full_kl": loss.detach()}
+
+
+# ---- the interface -------------------------------------------------------------------------------------
+
+
+@dataclass
+class MicroBatch:
+    """What an objective gets for one micro-batch; (B, T) tensors on the student's device."""
+
+    head: OutputLayer
+    """The student's output layer."""
+    hidden_BTH: Tensor
+    """The student's final hidden states at the positions that predict ``tokens_BT`` (with grad)."""
+    tokens_BT: Tensor
+    mask_BT: Tensor
+    """Positions that enter the loss."""
+    num_tokens: float
+    """Valid tokens of the whole batch (every micro-batch and process): the loss is Σ / num_tokens."""
+    teacher_logp_BT: Tensor | None = None
+    """log π_T of the sampled tokens (sampled-token rewards)."""
+    teacher_head: OutputLayer | None = None
+    teacher_hidden_BTH: Tensor | None = None
+    """The teacher's output layer and hidden states (full-vocabulary objectives)."""
+    reward_BT: Tensor | None = None
+    """Rewards computed beforehand over the whole batch (batch-statistic rewards with several micro-batches)."""
+    reward_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+    """The reward as the loop computes it over the whole batch (its gather across processes), when it is not
+    per-token; None: the objective's own function."""
+    temperature: float = 1.0
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    vocab_size: int | None = None
+    """The tokenizer's range of the output layers (full-vocabulary objectives)."""
+
+
+class Objective(Protocol):
+    name: str
+    needs_teacher_hidden: bool
+    """The teacher scorer keeps its final hidden states (and may skip its output layer)."""
+    needs_batch_statistics: bool
+    """A token's reward depends on the whole batch (the loop precomputes or gathers it)."""
+
+    def micro_batch_loss(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """(loss, metrics): metrics holds detached (B, T) tensors "student_logp", "teacher_logp", "reward"
+        (the per-token training signal; −KL for full_kl) and "selected" (the tokens that were trained on)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SampledTokenObjective:
+    """L = −Σ_t sg[r_t] · log π_S(o_t) / N for a reward of the registry (PowerOPD paper, eq. 1)."""
+
+    name: str
+    reward_fn: Callable[[Tensor, Tensor, Tensor], Tensor]
+    per_token: bool = True
+    select_fraction: float | None = None
+    """Train on the top fraction of each micro-batch's valid tokens by student entropy (None: all)."""
+    needs_teacher_hidden: bool = False
+
+    @property
+    def needs_batch_statistics(self) -> bool:
+        return not self.per_token
+
+    def micro_batch_loss(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        if mb.teacher_logp_BT is None:
+            raise ValueError(
+                f"{self.name}: needs the teacher's log-probs of the sampled tokens (logprobs=True)"
+            )
+        if self.per_token and mb.reward_BT is None and is_plain_linear(mb.head):
+            # fast path: the output layer and the surrogate in one op (three vocabulary matmuls per position)
+            loss, metrics = fused_policy_gradient_loss(
+                mb.head, mb.hidden_BTH, mb.tokens_BT, mb.teacher_logp_BT, mb.mask_BT, self.reward_fn,
+                num_tokens=mb.num_tokens, temperature=mb.temperature, chunk_size=mb.chunk_size,
+                select_fraction=self.select_fraction,
+            )  # fmt: skip
+            return loss, {**metrics, "teacher_logp": mb.teacher_logp_BT}
+        # reference path: log-probs (and entropy) from the checkpointed chunked output layer, then equation 1
+        logp_BT, entropy_BT = chunked_token_logprobs(
+            mb.head, mb.hidden_BTH, mb.tokens_BT, temperature=mb.temperature, chunk_size=mb.chunk_size,
+            with_entropy=self.select_fraction is not None,
+        )  # fmt: skip
+        if mb.reward_BT is not None:
+            reward_BT = mb.reward_BT
+        else:
+            reward_BT = (mb.reward_fn or self.reward_fn)(mb.teacher_logp_BT, logp_BT.detach(), mb.mask_BT)
+        selected_BT = mb.mask_BT.bool()
+        if self.select_fraction is not None:
+            flat = top_fraction(entropy_BT.reshape(-1), selected_BT.reshape(-1), self.select_fraction)
+            selected_BT = flat.view_as(selected_BT)
+        loss, _ = policy_gradient_loss(logp_BT, reward_BT, selected_BT, num_tokens=mb.num_tokens)
+        metrics = {"student_logp": logp_BT.detach(), "reward": reward_BT.detach(), "selected": selected_BT}
+        return loss, {**metrics, "teacher_logp": mb.teacher_logp_BT}
+
+
+@dataclass(frozen=True)
+class FullKLObjective:
+    """L = Σ_t KL_t(π_S ‖ π_T) / N, the exact reverse KL at every rollout position (no sampling noise)."""
+
+    name: str = "full_kl"
+    needs_teacher_hidden: bool = True
+    needs_batch_statistics: bool = False
+
+    def micro_batch_loss(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        args = (mb.head, mb.teacher_head, mb.hidden_BTH, mb.teacher_hidden_BTH, mb.tokens_BT)
+        kwargs = {"vocab_size": mb.vocab_size, "temperature": mb.temperature, "chunk_size": mb.chunk_size}
+        if is_plain_linear(mb.head) and is_plain_linear(mb.teacher_head):
+            # fast path: both output layers and the KL's gradient in one op
+            loss, out = fused_reverse_kl_loss(*args, mb.mask_BT, num_tokens=mb.num_tokens, **kwargs)
+        else:
+            kl_BT, logp_BT, teacher_logp_BT = chunked_reverse_kl(*args, **kwargs)
+            loss, _ = full_kl_loss(kl_BT, mb.mask_BT, num_tokens=mb.num_tokens)
+            out = {"kl": kl_BT, "student_logp": logp_BT, "teacher_logp": teacher_logp_BT}
+        mask_BT = mb.mask_BT.bool()
+        reward_BT = torch.where(mask_BT, -out["kl"].detach(), 0.0)
+        return loss, {"student_logp": out["student_logp"], "teacher_logp": out["teacher_logp"],
+                      "reward": reward_BT, "selected": mask_BT}  # fmt: skip
+
+
+def make_objective(reward_cfg, progress: float = 0.0) -> Objective:
+    """The objective of a ``config.RewardConfig``, its hyperparameters bound at ``progress`` ∈ [0, 1] of the
+    run (a scheduled α moves with it)."""
+    if reward_cfg.name == "full_kl":
+        return FullKLObjective()
+    record = REWARDS[reward_cfg.name]
+    return SampledTokenObjective(
+        reward_cfg.name,
+        record.bind(**reward_cfg.hparams_at(progress)),
+        per_token=record.per_token,
+        select_fraction=reward_cfg.select_fraction,
+    )
+
+
+__all__ = [
+    "FullKLObjective",
+    "MicroBatch",
+    "Objective",
+    "SampledTokenObjective",
+    "chunked_reverse_kl",
+    "full_kl_loss",
+    "fused_policy_gradient_loss",
+    "fused_reverse_kl_loss",
+    "make_objective",
+    "policy_gradient_loss",
+    "reverse_kl_per_token",
+]

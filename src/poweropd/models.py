@@ -1,13 +1,12 @@
 """Loading causal LMs and tokenizers, checking a student/teacher pair, and the decoder-body forward.
 
-A model is named by a Hugging Face hub id, a local folder, or an alias from ``ALIASES`` (offline models that
-a package ships, converted once into a cache folder).
+A model is named by a Hugging Face hub id, a local folder, or an alias of ``aliases.ALIASES`` (offline models
+that a package ships, converted once into a cache folder).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,9 +16,6 @@ from .errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# alias -> function that returns a local HF folder (creating it on first use). Filled by modules that know how.
-ALIASES: dict[str, Callable[[], Path]] = {}
-
 
 def cache_dir() -> Path:
     """Where converted and trained models are kept: $POWEROPD_CACHE, default ~/.cache/poweropd."""
@@ -28,15 +24,10 @@ def cache_dir() -> Path:
 
 def resolve_model(name: str) -> str:
     """An alias becomes its cached local folder; anything else (hub id or folder) is returned unchanged."""
-    _register_builtin_aliases()
-    if name in ALIASES:
-        return str(ALIASES[name]())
-    return name
+    from .aliases import alias_folder
 
-
-def _register_builtin_aliases() -> None:
-    # Imported lazily: the alias modules pull in optional readers (gguf) only when an alias is used.
-    from . import zoo  # noqa: F401
+    folder = alias_folder(name)
+    return str(folder) if folder is not None else name
 
 
 def load_tokenizer(name: str, what: str = "--model"):

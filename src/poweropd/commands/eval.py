@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..benchmarks import load_benchmark, resolve_benchmarks
+    from ..benchmark_data import load_benchmark, resolve_benchmarks
     from ..errors import UserError
     from ..evaluate import EvalConfig, evaluate_model, format_table, write_results
 

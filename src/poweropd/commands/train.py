@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import UserError
+
 # flag dest -> (config section, field). Each flag exists here once; help comes from the config docstrings.
 FLAGS: dict[str, tuple[str, str]] = {
     "student": ("model", "student"),
@@ -23,6 +25,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "clip_low": ("reward", "clip_low"),
     "clip_high": ("reward", "clip_high"),
     "tanh_tau": ("reward", "tanh_tau"),
+    "token_select": ("reward", "token_select"),
     "max_steps": ("run", "max_steps"),
     "batch_size": ("run", "batch_size"),
     "micro_batch_size": ("run", "micro_batch_size"),
@@ -43,7 +46,8 @@ FLAGS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import DEVICES, DTYPES, METHODS
+    from ..config import DEVICES, DTYPES, methods
+    from ..rewards import REWARDS
     from ..rollout import SAMPLERS
 
     a = parser.add_argument
@@ -56,8 +60,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PRESET.yaml",
         help="YAML preset (sections model/rollout/reward/optim/eval/run); flags override it",
     )
-    a("--reward", choices=METHODS, help="training signal (default power)")
-    a("--alpha", type=float, metavar="A", help="α of the power reward π_T^α − π_S^α (default 1.0)")
+    a(
+        "--reward",
+        choices=methods(),
+        help="training signal (default power): "
+        + "; ".join(f"{name}: {record.citation}" for name, record in REWARDS.items())
+        + "; full_kl: the exact reverse KL at every position",
+    )
+    a(
+        "--alpha",
+        type=float,
+        metavar="A",
+        help="α of power (π_T^α − π_S^α) or proximal (0 < α ≤ 1); default 1.0",
+    )
+    a(
+        "--alpha-schedule",
+        metavar="A0:A1",
+        help="α from A0 at the first step to A1 at the last, geometrically (power, proximal); overrides --alpha",
+    )
+    a(
+        "--token-select",
+        metavar="entropy:K",
+        help="train on the fraction K of each micro-batch's tokens with the highest student entropy",
+    )
     a("--clip-low", type=float, metavar="L", help="lower bound of the clip reward (default −1)")
     a("--clip-high", type=float, metavar="H", help="upper bound of the clip reward (default 1)")
     a("--tanh-tau", type=float, metavar="TAU", help="tanh reward temperature (default 1)")
@@ -99,6 +124,12 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, dest)
         if value is not None:
             sections.setdefault(section, {})[key] = value
+    if args.alpha_schedule is not None:
+        first, sep, last = args.alpha_schedule.partition(":")
+        try:
+            sections.setdefault("reward", {}).update(alpha=float(first), alpha_end=float(last))
+        except ValueError:
+            raise UserError(f"--alpha-schedule {args.alpha_schedule}: expected A0:A1, e.g. 1:10") from None
     return TrainConfig.from_dict(sections, source=source)
 
 

@@ -1,16 +1,9 @@
-"""The embedded synthetic task of ``poweropd demo``: step-by-step arithmetic, its tokenizer, and a tiny
-Qwen3 teacher/student pair trained and cached on first use (issue 4)."""
+"""The embedded synthetic task of ``poweropd demo``: step-by-step arithmetic (``arithmetic``), its tokenizer,
+the recipe of its tiny Qwen3 teacher and student (``recipe``; both ship in ``shipped/``), and SFT (``sft``)."""
 
 from .arithmetic import TASK_VERSION, iter_train, make_splits, make_test, write_jsonl
-from .models import (
-    SFTConfig,
-    TaskConfig,
-    TaskModels,
-    TinyQwen3,
-    accuracy,
-    load_task_model,
-    prepare_task_models,
-)
+from .recipe import TaskConfig, TaskModels, TinyQwen3, prepare_task_models
+from .sft import SFTConfig, accuracy, load_task_model
 from .tokenizer import build_tokenizer
 
 __all__ = [

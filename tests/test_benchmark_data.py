@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from poweropd.benchmarks import BENCHMARKS, load_benchmark, resolve_benchmarks
+from poweropd.benchmark_data import BENCHMARKS, load_benchmark, resolve_benchmarks
 from poweropd.errors import UserError
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -1,0 +1,92 @@
+"""Per-step training metrics as plain numbers: batch-wide statistics (every process's tokens) of the trained
+signal and of the log ratio, position buckets, memory."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # annotations only
+    from .distributed import Collective
+    from .rollout import Rollouts
+
+
+@dataclass
+class UpdateResult:
+    loss: float
+    reward_BT: Tensor  # the trained per-token signal (for full_kl: −KL_t), detached
+    log_ratio_BT: Tensor  # log π_T − log π_S of the sampled tokens, logged whatever trains
+    student_logp_BT: Tensor
+    mask_BT: Tensor
+    selected_BT: Tensor  # the tokens that were trained on (token selection keeps a fraction)
+
+
+def token_stats(prefix: str, values_BT: Tensor, mask_BT: Tensor) -> dict[str, float]:
+    """mean/std/min/max/p05/p95 of the valid tokens, as ``prefix/<stat>``."""
+    from .diagnostics import summary_stats
+
+    stats = summary_stats(values_BT[mask_BT])
+    return {f"{prefix}/{k}": stats[k] for k in ("mean", "std", "min", "max", "p05", "p95")}
+
+
+def position_rows(reward_BT: Tensor, log_ratio_BT: Tensor, mask_BT: Tensor) -> list[dict]:
+    from .diagnostics import position_stats
+
+    rows = []
+    for r, lr in zip(position_stats(reward_BT, mask_BT), position_stats(log_ratio_BT, mask_BT)):
+        rows.append(
+            {
+                "start": r["start"],
+                "stop": r["stop"],
+                "count": r["count"],
+                **{f"reward_{k}": r[k] for k in ("mean", "min", "max")},
+                **{f"log_ratio_{k}": lr[k] for k in ("mean", "min", "max")},
+            }
+        )
+    return rows
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def step_metrics(
+    result: UpdateResult, rollouts: Rollouts, comm: Collective, *, grad_norm: float, lr: float
+) -> dict[str, float]:
+    """Batch-wide statistics (every process's tokens) of the trained signal and of the log ratio."""
+    (reward_all, _), (ratio_all, _), (logp_all, _), (mask_all, _), (selected_all, _) = (
+        comm.gather_rows(t)
+        for t in (result.reward_BT, result.log_ratio_BT, result.student_logp_BT, result.mask_BT.long(),
+                  (result.selected_BT & result.mask_BT).long())
+    )  # fmt: skip
+    mask_all = mask_all.bool()
+    lengths_B, _ = comm.gather_rows(rollouts.response_lengths_B.float().to(result.mask_BT.device)[:, None])
+    truncated_B, _ = comm.gather_rows(rollouts.truncated_B.float().to(result.mask_BT.device)[:, None])
+    probs = logp_all.exp()[mask_all]
+    return {
+        "loss": result.loss,
+        "grad/norm": grad_norm,
+        "lr": lr,
+        **token_stats("reward", reward_all, mask_all),
+        **token_stats("log_ratio", ratio_all, mask_all),
+        "response_length/mean": lengths_B.mean().item(),
+        "response_length/max": lengths_B.max().item(),
+        "response_length/sum": lengths_B.sum().item(),
+        "response/truncated_frac": truncated_B.mean().item(),
+        "student_prob/mean": probs.mean().item() if probs.numel() else float("nan"),
+        "tokens/valid": int(mask_all.sum()),
+        "tokens/selected_frac": float(selected_all.sum() / mask_all.sum().clamp(min=1)),
+    }
+
+
+def gathered_positions(result: UpdateResult, comm: Collective) -> list[dict]:
+    (reward_all, _), (ratio_all, _), (mask_all, _) = (
+        comm.gather_rows(t) for t in (result.reward_BT, result.log_ratio_BT, result.mask_BT.long())
+    )
+    return position_rows(reward_all, ratio_all, mask_all.bool())
