@@ -108,13 +108,17 @@ def mask_after_stop(response_ids_BT: Tensor, stop_token_ids: tuple[int, ...]) ->
     return response_mask_BT, truncated_B
 
 
-class HFSampler:
-    """Samples with ``model.generate`` from left-padded prompts."""
+class _PromptSampler:
+    """What every engine holds: the model, its pad id, and the sampling settings (at least one stop token)."""
 
     def __init__(self, model, pad_token_id: int, config: SamplingConfig):
         if not config.stop_token_ids:
             raise ValueError("SamplingConfig.stop_token_ids: expected at least one stop token id")
         self.model, self.pad_token_id, self.config = model, pad_token_id, config
+
+
+class HFSampler(_PromptSampler):
+    """Samples with ``model.generate`` from left-padded prompts."""
 
     @torch.no_grad()
     def sample(self, prompt_ids: list[list[int]]) -> Rollouts:
@@ -159,18 +163,13 @@ def filter_logits(logits_BV: Tensor, *, top_k: int = 0, top_p: float = 1.0) -> T
     return logits_BV
 
 
-class DecodeLoopSampler:
+class DecodeLoopSampler(_PromptSampler):
     """Samples with a plain decode loop: prefill the left-padded prompts, then one forward per new token.
 
     Each step: float32 logits of the last position, temperature, top-k, top-p, ``torch.multinomial`` from the
     global RNG (greedy: argmax). A row that has emitted a stop token is finished: its later tokens are pad
     (masked out by ``build_rollouts``), and the loop ends when every row is finished or at ``max_new_tokens``.
     """
-
-    def __init__(self, model, pad_token_id: int, config: SamplingConfig):
-        if not config.stop_token_ids:
-            raise ValueError("SamplingConfig.stop_token_ids: expected at least one stop token id")
-        self.model, self.pad_token_id, self.config = model, pad_token_id, config
 
     @torch.no_grad()
     def sample(self, prompt_ids: list[list[int]]) -> Rollouts:
