@@ -50,7 +50,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the stepbench package beside this script
-from stepbench import MODE_NAMES, SHAPES, BenchConfig, bench, check, format_report, merge_results, run_worker  # noqa: E402
+from stepbench import (  # noqa: E402
+    DEFAULT_MODES,
+    MODE_NAMES,
+    SHAPES,
+    BenchConfig,
+    bench,
+    check,
+    format_report,
+    merge_results,
+    run_worker,
+)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, BenchConfig]:
@@ -84,7 +94,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, BenchConfig]:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--rounds", type=int, default=1, help="run every mode this many times, in rotation")
-    p.add_argument("--modes", nargs="+", default=list(MODE_NAMES), choices=MODE_NAMES)
+    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODE_NAMES)
     p.add_argument(
         "--check",
         action="store_true",

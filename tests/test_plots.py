@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import string
 
 import pytest
@@ -96,7 +97,12 @@ def test_diagnose_end_to_end(tiny_pair, tmp_path):
     assert meta["num_rollouts"] == 6 and meta["num_prompts"] == 3
     assert 0 < meta["num_tokens"] <= 6 * 12
     assert 1 <= meta["response_length"]["min"] <= meta["response_length"]["max"] <= 12
-    assert set(rewards) == {"log_ratio", "power@0.1", "power@1", "power@10", "clip", "tanh", "zscore"}
+    # proximal takes α ∈ (0, 1] only, so --alphas 0.1,1,10 gives proximal@0.1 and proximal@1
+    expected = {"log_ratio", "power@0.1", "power@1", "power@10", "clip", "tanh", "zscore"}
+    assert set(rewards) == expected | {"proximal@0.1", "proximal@1"}
+    for stat in ("min", "max", "mean"):  # α = 1 is the log ratio itself
+        assert rewards["proximal@1"][stat] == pytest.approx(rewards["log_ratio"][stat], abs=1e-6)
+    assert rewards["proximal@0.1"]["min"] >= math.log(0.9) - 1e-6
     assert all(s["count"] == meta["num_tokens"] for s in rewards.values())
     for name in ("power@0.1", "power@1", "power@10", "clip", "tanh"):
         assert -1.0 <= rewards[name]["min"] <= rewards[name]["max"] <= 1.0

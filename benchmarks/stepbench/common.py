@@ -15,6 +15,8 @@ MODE_NAMES = (
     "body_floor",
     "matmul_floor",
 )
+DEFAULT_MODES = tuple(m for m in MODE_NAMES if m != "power_entropy")
+"""What --quick and a plain run measure (the table of BENCHMARKS.md); power_entropy is asked for by name."""
 
 # name -> (layers, hidden, heads, kv heads, head_dim, intermediate, tied embeddings)
 SHAPES = {
