@@ -67,3 +67,34 @@ def test_two_process_training_run(tiny_pair, tmp_path):
     # zscore is standardised over the whole batch of both processes
     assert all(abs(r["reward/mean"]) < 1e-5 and abs(r["reward/std"] - 1) < 1e-3 for r in rows)
     assert (out / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["generate", "continuous"])
+def test_two_process_eval_shards_problems_and_gathers_one_process_results(tiny_pair, tmp_path, engine):
+    from poweropd.cli import main
+
+    student, _, prompts = tiny_pair
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "gsm8k_test.jsonl").write_text(prompts.read_text())
+    argv = ["eval", "--model", str(student), "--benchmarks", "gsm8k", "--data-dir", str(data), "--n", "2"]
+    argv += [
+        "--limit",
+        "5",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--rollout-engine",
+        engine,
+        "--no-progress",
+    ]
+    assert main([*argv, "--output-dir", str(tmp_path / "one")]) == 0
+    proc = _accelerate("-m", "poweropd.cli", *argv, "--output-dir", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes" in proc.stdout
+    one, two = ((tmp_path / d / "results.json").read_text() for d in ("one", "two"))
+    assert json.loads(two) == json.loads(one)  # greedy: the same responses whichever process samples them
+    rows = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["sample"]) for r in rows] == [(str(i), s) for i in range(5) for s in range(2)]

@@ -92,9 +92,11 @@ def test_every_reward_trains_and_logs(tiny_pair, tmp_path, reward_args):
 
 
 @pytest.mark.slow
-def test_resume_is_bit_identical(tiny_pair, tmp_path):
+@pytest.mark.parametrize("engine", ["generate", "continuous"])
+def test_resume_is_bit_identical(tiny_pair, tmp_path, engine):
+    """Each step reseeds the RNG and the continuous engine queues a step's requests at once: both resume exactly."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = ("--reward", "power", "--alpha", "2", "--save-every", "2")
+    common = ("--reward", "power", "--alpha", "2", "--save-every", "2", "--rollout-engine", engine)
     assert main(_train_args(tiny_pair, straight, "--max-steps", "4", *common)) == 0
     assert main(_train_args(tiny_pair, resumed, "--max-steps", "2", *common)) == 0
     assert (resumed / "checkpoints" / "step-2" / "optimizer.pt").exists()

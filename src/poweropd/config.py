@@ -58,11 +58,10 @@ class RolloutConfig:
     include_stop_token: bool = False
     """Train on the final stop token too (the paper leaves it out)."""
     engine: str = "generate"
-    """Sampler: generate (transformers' model.generate) or loop (a plain decode loop over the KV cache: the
-    same samples for a seed, without generate's per-step machinery; rollout.py)."""
+    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous or auto."""
 
     def __post_init__(self):
-        from .rollout import SAMPLERS
+        from .engines import ENGINES
 
         require(
             self.max_new_tokens >= 1,
@@ -74,9 +73,9 @@ class RolloutConfig:
         require(0 < self.top_p <= 1, "rollout.top_p", "a number in (0, 1]", self.top_p)
         require(self.top_k >= 0, "rollout.top_k", "an integer ≥ 0", self.top_k)
         require(
-            self.engine in SAMPLERS,
+            self.engine in ENGINES,
             "rollout.engine (--rollout-engine)",
-            f"one of {', '.join(SAMPLERS)}",
+            f"one of {', '.join(ENGINES)}",
             self.engine,
         )
 
@@ -249,10 +248,11 @@ class EvalConfig:
     seed: int = 0
     """Sampling seed, reset before each benchmark so a benchmark's results do not depend on the others."""
     engine: str = "generate"
-    """Sampler (rollout.SAMPLERS): generate or loop; both give the same samples for a seed."""
+    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous or auto. A streaming
+    engine (continuous) takes every problem × n of a benchmark in one call; batch_size then does not apply."""
 
     def __post_init__(self):
-        from .rollout import SAMPLERS
+        from .engines import ENGINES
 
         if isinstance(self.benchmarks, str):
             object.__setattr__(
@@ -278,9 +278,9 @@ class EvalConfig:
         require(0 < self.top_p <= 1, "eval.top_p (--top-p)", "a number in (0, 1]", self.top_p)
         require(self.batch_size >= 1, "eval.batch_size (--batch-size)", "an integer ≥ 1", self.batch_size)
         require(
-            self.engine in SAMPLERS,
+            self.engine in ENGINES,
             "eval.engine (--rollout-engine)",
-            f"one of {', '.join(SAMPLERS)}",
+            f"one of {', '.join(ENGINES)}",
             self.engine,
         )
 

@@ -76,11 +76,11 @@ class DemoConfig:
     workers: int = 2
     """Runs trained at the same time, one process and one thread each."""
     rollout_engine: str = "loop"
-    """Sampler of the runs and evaluations (rollout.SAMPLERS): the same samples as ``generate``, 3–5% faster
-    on these models (benchmarks/rollout_bench.py)."""
+    """Sampler of the runs and evaluations (engines.ENGINES): loop gives the same samples as ``generate``,
+    3–5% faster on these models (benchmarks/rollout_bench.py)."""
 
     def __post_init__(self):
-        from .rollout import SAMPLERS
+        from .engines import ENGINES
 
         if not self.methods:
             raise UserError("--methods: expected at least one method id")
@@ -94,8 +94,8 @@ class DemoConfig:
                 )
         if self.lr <= 0:
             raise UserError(f"--lr: expected a number > 0, got {self.lr}")
-        if self.rollout_engine not in SAMPLERS:
-            raise UserError(f"--rollout-engine {self.rollout_engine}: expected one of {', '.join(SAMPLERS)}")
+        if self.rollout_engine not in ENGINES:
+            raise UserError(f"--rollout-engine {self.rollout_engine}: expected one of {', '.join(ENGINES)}")
 
     @classmethod
     def quick(cls, **overrides) -> DemoConfig:

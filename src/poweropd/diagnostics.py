@@ -252,18 +252,22 @@ def sample_and_score(
     temperature: float = 1.0,
     samples_per_prompt: int = 1,
     batch_size: int = 8,
+    engine: str = "generate",
 ) -> ScoredRollouts:
     """Sample student rollouts as training does and score every token with both models.
 
-    Prompts go through ``encode_prompts`` (chat template), sampling through ``HFSampler`` with top_p=1,
-    top_k=0 and the tokenizer's stop tokens; the mask is ``Rollouts.loss_mask()``. Teacher log-probs come
+    Prompts go through ``encode_prompts`` (chat template), sampling through the ``engine`` sampler
+    (engines.py; a streaming one takes every prompt at once, the others ``batch_size`` rollouts) with top_p=1,
+    top_k=0 and the tokenizer's stop tokens; scoring goes ``batch_size`` rollouts at a time; the mask is
+    ``Rollouts.loss_mask()``. Teacher log-probs come
     from ``HFScorer``, student log-probs from the same hidden-state + chunked output-layer path as the loss.
     Seed the RNG (``torch.manual_seed``) before calling for reproducible samples.
     """
     from .data import encode_prompts
+    from .engines import make_sampler
     from .logprobs import chunked_token_logprobs
     from .models import output_layer, response_hidden_states, stop_token_ids
-    from .rollout import HFSampler, SamplingConfig
+    from .rollout import SamplingConfig
     from .teacher import HFScorer
 
     config = SamplingConfig(
@@ -273,17 +277,25 @@ def sample_and_score(
         top_k=0,
         stop_token_ids=tuple(stop_token_ids(tokenizer)),
     )
-    sampler = HFSampler(student, tokenizer.pad_token_id, config)
+    sampler = make_sampler(engine, student, tokenizer.pad_token_id, config)
     scorer = HFScorer(teacher)
     student.eval()
     student_device = next(student.parameters()).device
     prompt_ids = encode_prompts(tokenizer, problems)
-    rows = [(i, ids) for i, ids in enumerate(prompt_ids) for _ in range(samples_per_prompt)]
+    n = samples_per_prompt
+    rows = [i for i in range(len(prompt_ids)) for _ in range(n)]
+    if sampler.streams:
+        every = sampler.sample(prompt_ids, n=n)
+        chunks = [every.select(slice(s, s + batch_size)) for s in range(0, len(rows), batch_size)]
+    else:
+        chunks = (
+            sampler.sample([prompt_ids[i] for i in rows[s : s + batch_size]])
+            for s in range(0, len(rows), batch_size)
+        )
     keys = ("ids", "mask", "teacher", "student", "truncated", "lengths", "index")
     parts: dict[str, list[Tensor]] = {k: [] for k in keys}
-    for start in range(0, len(rows), batch_size):
+    for start, rollouts in zip(range(0, len(rows), batch_size), chunks):
         batch = rows[start : start + batch_size]
-        rollouts = sampler.sample([ids for _, ids in batch])
         teacher_logp_BT = scorer.score(rollouts).logp_BT
         r = rollouts.to(student_device)
         hidden_BTH = response_hidden_states(student, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
@@ -294,7 +306,8 @@ def sample_and_score(
         parts["student"].append(student_logp_BT.float().cpu())
         parts["truncated"].append(rollouts.truncated_B.cpu())
         parts["lengths"].append(rollouts.response_lengths_B.cpu())
-        parts["index"].append(torch.tensor([i for i, _ in batch]))
+        parts["index"].append(torch.tensor(batch))
+    sampler.close()
     width = max(t.shape[1] for t in parts["ids"])
     return ScoredRollouts(
         response_ids_BT=_pad_right(parts["ids"], width, tokenizer.pad_token_id),

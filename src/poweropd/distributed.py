@@ -26,6 +26,8 @@ class Collective(Protocol):
 
     def sum_gradients(self, params: Sequence[torch.nn.Parameter]) -> None: ...
 
+    def gather_objects(self, obj) -> list: ...
+
 
 class SingleProcess:
     world_size, rank = 1, 0
@@ -38,6 +40,9 @@ class SingleProcess:
 
     def sum_gradients(self, params) -> None:
         pass
+
+    def gather_objects(self, obj) -> list:
+        return [obj]
 
 
 class AcceleratorCollective:
@@ -58,6 +63,14 @@ class AcceleratorCollective:
         rows = self.accelerator.gather(torch.tensor([tensor_BT.shape[0]], device=tensor_BT.device))
         start = int(rows[: self.rank].sum())
         return self.accelerator.gather(padded), slice(start, start + tensor_BT.shape[0])
+
+    def gather_objects(self, obj) -> list:
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
 
     def sum_gradients(self, params) -> None:
         if self.world_size == 1:

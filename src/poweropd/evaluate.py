@@ -16,10 +16,12 @@ import torch
 from .benchmark_data import BENCHMARKS, Problem
 from .config import EvalConfig
 from .data import encode_prompts
+from .distributed import Collective, SingleProcess
+from .engines import make_sampler
 from .errors import UserError
 from .grading import extract_answer, grade
 from .models import stop_token_ids
-from .rollout import Sampler, make_sampler
+from .rollout import Sampler
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -68,13 +70,21 @@ def mean_over_benchmarks(per_benchmark: dict[str, dict]) -> dict:
 
 
 def evaluate_model(
-    model, tokenizer, problems_by_benchmark: dict[str, list[Problem]], cfg: EvalConfig, progress: bool = True
+    model,
+    tokenizer,
+    problems_by_benchmark: dict[str, list[Problem]],
+    cfg: EvalConfig,
+    progress: bool = True,
+    comm: Collective | None = None,
 ) -> tuple[dict, list[dict]]:
     """Sample ``cfg.n`` responses per problem, grade them, and summarise each benchmark.
 
     Returns (results, samples): results maps each benchmark name, then "mean", to
     {"avg@n", "pass@n", "mean_length", "truncated_frac", "n_problems"}; samples has one row per response.
     The global RNG state is restored afterwards, so a training loop that evaluates keeps its own stream.
+
+    With ``comm`` over several processes, process r samples and grades problems r, r + W, r + 2W, … (its own
+    seed, ``cfg.seed + r``) and every process returns the gathered results of all problems.
     """
     from tqdm.auto import tqdm
 
@@ -82,54 +92,79 @@ def evaluate_model(
         raise UserError("evaluate_model: expected at least one benchmark with at least one problem")
     stop_ids = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    sampler = make_sampler(cfg.engine, model, pad_id, cfg.sampling(stop_ids))
     device = next(model.parameters()).device
+    sampler = make_sampler(cfg.engine, model, pad_id, cfg.sampling(stop_ids))
     fork_devices = [device] if device.type == "cuda" else []
+    comm = comm or SingleProcess()
 
     results: dict[str, dict] = {}
     samples: list[dict] = []
-    total = sum(len(p) for p in problems_by_benchmark.values()) * cfg.n
-    with tqdm(total=total, desc="eval", unit="sample", disable=not progress) as bar:
-        for name, problems in problems_by_benchmark.items():
-            bar.set_description(f"eval {name}")
-            with torch.random.fork_rng(devices=fork_devices):
-                torch.manual_seed(cfg.seed)
-                generated = _sample_benchmark(sampler, tokenizer, problems, cfg, bar)
-            correct = [[False] * cfg.n for _ in problems]
-            rows = []
-            for (i, s), (response, length, truncated) in sorted(generated.items()):
-                golds = problems[i].golds
-                ok = grade(response, golds)
-                correct[i][s] = ok
-                rows.append(
-                    {
-                        "benchmark": name,
-                        "id": problems[i].id,
-                        "sample": s,
-                        "response": response,
-                        "extracted": extract_answer(response),
-                        "gold": golds,
-                        "correct": ok,
-                        "length": length,
-                        "truncated": truncated,
-                    }
+    mine = {name: range(comm.rank, len(p), comm.world_size) for name, p in problems_by_benchmark.items()}
+    total = sum(len(r) for r in mine.values()) * cfg.n
+    try:
+        with tqdm(total=total, desc="eval", unit="sample", disable=not progress) as bar:
+            for name, problems in problems_by_benchmark.items():
+                bar.set_description(f"eval {name}")
+                with torch.random.fork_rng(devices=fork_devices):
+                    torch.manual_seed(cfg.seed + comm.rank)
+                    generated = _sample_benchmark(sampler, tokenizer, problems, mine[name], cfg, bar)
+                rows = [
+                    _graded_row(name, i, problems[i], s, *generated[i, s]) for i, s in sorted(generated)
+                ]  # this process's problems, graded here
+                rows = sorted(
+                    (row for part in comm.gather_objects(rows) for row in part), key=lambda r: (r["index"], r["sample"])
+                )  # fmt: skip
+                correct = [[False] * cfg.n for _ in problems]
+                for row in rows:
+                    correct[row["index"]][row["sample"]] = row["correct"]
+                rows = [{k: v for k, v in row.items() if k != "index"} for row in rows]
+                samples.extend(rows)
+                results[name] = summarize(
+                    correct, [r["length"] for r in rows], [r["truncated"] for r in rows]
                 )
-            samples.extend(rows)
-            results[name] = summarize(correct, [r["length"] for r in rows], [r["truncated"] for r in rows])
+    finally:
+        sampler.close()
     results["mean"] = mean_over_benchmarks(results)
     return results, samples
 
 
-def _sample_benchmark(sampler: Sampler, tokenizer, problems: list[Problem], cfg: EvalConfig, bar) -> dict:
-    """{(problem index, sample index): (response text, generated tokens, truncated)}."""
-    prompt_ids = encode_prompts(tokenizer, [p.problem for p in problems])
-    # Longest prompts first, each repeated n times: batches hold similar lengths, so little padding.
-    order = sorted(range(len(problems)), key=lambda i: -len(prompt_ids[i]))
-    jobs = [(i, s) for i in order for s in range(cfg.n)]
+def _graded_row(benchmark: str, index: int, problem: Problem, sample: int, response: str, length: int,
+                truncated: bool) -> dict:  # fmt: skip
+    return {
+        "benchmark": benchmark,
+        "id": problem.id,
+        "index": index,  # dropped again once the rows of every process are in
+        "sample": sample,
+        "response": response,
+        "extracted": extract_answer(response),
+        "gold": problem.golds,
+        "correct": grade(response, problem.golds),
+        "length": length,
+        "truncated": truncated,
+    }
+
+
+def _sample_benchmark(
+    sampler: Sampler, tokenizer, problems: list[Problem], indices: range, cfg: EvalConfig, bar
+) -> dict:
+    """{(problem index, sample index): (response text, generated tokens, truncated)} for ``indices``.
+
+    A streaming engine gets them all in one call (n samples forked per prompt); a fixed-batch engine gets
+    batches of ``cfg.batch_size`` sequences, longest prompts first so that a batch holds similar lengths.
+    """
+    if not indices:  # more processes than problems
+        return {}
+    prompt_ids = encode_prompts(tokenizer, [problems[i].problem for i in indices])
+    by_index = dict(zip(indices, prompt_ids, strict=True))
+    order = sorted(indices, key=lambda i: -len(by_index[i]))
+    if sampler.streams:
+        calls = [([(i, s) for i in order for s in range(cfg.n)], cfg.n)]
+    else:
+        jobs = [(i, s) for i in order for s in range(cfg.n)]
+        calls = [(jobs[start : start + cfg.batch_size], 1) for start in range(0, len(jobs), cfg.batch_size)]
     out = {}
-    for start in range(0, len(jobs), cfg.batch_size):
-        batch = jobs[start : start + cfg.batch_size]
-        rollouts = sampler.sample([prompt_ids[i] for i, _ in batch])
+    for batch, n in calls:
+        rollouts = sampler.sample([by_index[i] for i, s in batch if s % n == 0], n=n)
         response_ids_BT, mask_BT = rollouts.response_ids_BT.cpu(), rollouts.response_mask_BT.cpu()
         lengths_B, truncated_B = rollouts.response_lengths_B.tolist(), rollouts.truncated_B.tolist()
         for b, key in enumerate(batch):

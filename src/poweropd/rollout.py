@@ -1,12 +1,12 @@
-"""Student sampling behind a small ``Sampler`` protocol, with two engines:
+"""Student sampling behind a small ``Sampler`` protocol, and its two fixed-batch engines:
 
 - ``generate``: Hugging Face ``model.generate`` (``HFSampler``), the reference;
 - ``loop``: a plain decode loop over a ``DynamicCache`` (``DecodeLoopSampler``): one model forward per new
   token and the sampling written out, without ``generate``'s per-step machinery. For a seed it draws the same
-  tokens as ``generate`` (tests/test_rollout.py); on the task student it takes 0.95–0.97× the time
-  (benchmarks/rollout_bench.py: the model's own forward is most of a decode step).
+  tokens as ``generate`` (tests/test_rollout.py).
 
-Another engine (continuous batching, vLLM, SGLang) is another ``Sampler``, never a second training loop.
+The third, ``continuous`` (transformers' continuous batching), is in continuous.py; engines.py names them all
+for ``--rollout-engine``. Another engine (vLLM, SGLang) is another ``Sampler``, never a second training loop.
 """
 
 from __future__ import annotations
@@ -84,7 +84,17 @@ class Rollouts:
 
 
 class Sampler(Protocol):
-    def sample(self, prompt_ids: list[list[int]]) -> Rollouts: ...
+    """Rollouts for prompts: row ``i·n + k`` is sample k of prompt i.
+
+    ``streams`` is True for an engine that batches any number of prompts itself (a caller then passes all of
+    them at once); False for a fixed-batch engine, where every row of a call waits for the longest.
+    """
+
+    streams: bool
+
+    def sample(self, prompt_ids: list[list[int]], n: int = 1) -> Rollouts: ...
+
+    def close(self) -> None: ...
 
 
 def left_pad(prompt_ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -111,19 +121,25 @@ def mask_after_stop(response_ids_BT: Tensor, stop_token_ids: tuple[int, ...]) ->
 class _PromptSampler:
     """What every engine holds: the model, its pad id, and the sampling settings (at least one stop token)."""
 
+    streams = False
+
     def __init__(self, model, pad_token_id: int, config: SamplingConfig):
         if not config.stop_token_ids:
             raise ValueError("SamplingConfig.stop_token_ids: expected at least one stop token id")
         self.model, self.pad_token_id, self.config = model, pad_token_id, config
+
+    def close(self) -> None:
+        """Releases what the engine holds beyond the model (nothing, for a fixed-batch engine)."""
 
 
 class HFSampler(_PromptSampler):
     """Samples with ``model.generate`` from left-padded prompts."""
 
     @torch.no_grad()
-    def sample(self, prompt_ids: list[list[int]]) -> Rollouts:
+    def sample(self, prompt_ids: list[list[int]], n: int = 1) -> Rollouts:
         device = next(self.model.parameters()).device
-        ids_BP, mask_BP = (t.to(device) for t in left_pad(prompt_ids, self.pad_token_id))
+        rows = [ids for ids in prompt_ids for _ in range(n)]
+        ids_BP, mask_BP = (t.to(device) for t in left_pad(rows, self.pad_token_id))
         cfg = self.config
         was_training = self.model.training
         self.model.eval()
@@ -172,12 +188,13 @@ class DecodeLoopSampler(_PromptSampler):
     """
 
     @torch.no_grad()
-    def sample(self, prompt_ids: list[list[int]]) -> Rollouts:
+    def sample(self, prompt_ids: list[list[int]], n: int = 1) -> Rollouts:
         from transformers import DynamicCache
 
         cfg, model = self.config, self.model
         device = next(model.parameters()).device
-        ids_BP, mask_BP = (t.to(device) for t in left_pad(prompt_ids, self.pad_token_id))
+        rows = [ids for ids in prompt_ids for _ in range(n)]
+        ids_BP, mask_BP = (t.to(device) for t in left_pad(rows, self.pad_token_id))
         stops = torch.tensor(cfg.stop_token_ids, device=device)
         was_training = model.training
         model.eval()
@@ -221,14 +238,6 @@ class DecodeLoopSampler(_PromptSampler):
         model.train(was_training)
         sequences_BL = torch.cat([ids_BP, torch.stack(new_tokens, dim=1)], dim=1)
         return build_rollouts(sequences_BL, mask_BP, cfg.stop_token_ids, self.pad_token_id)
-
-
-SAMPLERS = {"generate": HFSampler, "loop": DecodeLoopSampler}
-"""Rollout engines by name (``--rollout-engine``)."""
-
-
-def make_sampler(engine: str, model, pad_token_id: int, config: SamplingConfig) -> Sampler:
-    return SAMPLERS[engine](model, pad_token_id, config)
 
 
 def build_rollouts(

@@ -51,6 +51,7 @@ from torch import Tensor
 from .config import OptimConfig, TrainConfig
 from .data import DataOrder, encode_prompts, read_jsonl
 from .distributed import AcceleratorCollective, Collective, SingleProcess
+from .engines import make_sampler
 from .errors import UserError
 from .logprobs import chunked_token_logprobs
 from .losses import MicroBatch, Objective, make_objective
@@ -62,7 +63,7 @@ from .models import (
     response_hidden_states,
     stop_token_ids,
 )
-from .rollout import Rollouts, SamplingConfig, make_sampler
+from .rollout import Rollouts, SamplingConfig
 from .step_metrics import UpdateResult, gathered_positions, peak_memory_mb, step_metrics
 from .teacher import HFScorer, TeacherScores
 from .tracking import RunDir, load_training_state
@@ -247,7 +248,8 @@ def train(
         top_k=cfg.rollout.top_k,
         stop_token_ids=tuple(stop_token_ids(student_tok)),
     )
-    sampler = make_sampler(cfg.rollout.engine, student, student_tok.pad_token_id, sampling)
+    sampler = make_sampler(cfg.rollout.engine, student, student_tok.pad_token_id, sampling,
+                           dtype=torch.bfloat16 if bf16 else None)  # fmt: skip
     scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size)
     order = DataOrder(len(prompt_ids), cfg.run.seed)
     amp_dtype = torch.bfloat16 if bf16 else None
@@ -258,84 +260,87 @@ def train(
         desc=f"train {cfg.reward.label}",
         disable=not (progress and accelerator.is_main_process),
     )
-    for step in bar:
-        t0 = time.perf_counter()
-        torch.manual_seed(step_seed(cfg.run.seed, step, comm.rank))
-        if cfg.reward.alpha_end is not None:  # a scheduled α: the objective of this step's α
-            objective = make_objective(cfg.reward, (step - 1) / max(1, cfg.run.max_steps - 1))
+    try:  # the continuous engine's thread must stop on any way out
+        for step in bar:
+            t0 = time.perf_counter()
+            torch.manual_seed(step_seed(cfg.run.seed, step, comm.rank))
+            if cfg.reward.alpha_end is not None:  # a scheduled α: the objective of this step's α
+                objective = make_objective(cfg.reward, (step - 1) / max(1, cfg.run.max_steps - 1))
 
-        # 1. sample --------------------------------------------------------------------------------
-        batch = order.indices(step, cfg.run.batch_size, comm.rank, comm.world_size)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            rollouts = sampler.sample([prompt_ids[i] for i in batch])
-        t_sample = time.perf_counter()
+            # 1. sample --------------------------------------------------------------------------------
+            batch = order.indices(step, cfg.run.batch_size, comm.rank, comm.world_size)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                rollouts = sampler.sample([prompt_ids[i] for i in batch])
+            t_sample = time.perf_counter()
 
-        # 2. score ---------------------------------------------------------------------------------
-        teacher_scores = scorer.score(rollouts, keep_hidden=full_kl, logprobs=not full_kl)
-        t_score = time.perf_counter()
+            # 2. score ---------------------------------------------------------------------------------
+            teacher_scores = scorer.score(rollouts, keep_hidden=full_kl, logprobs=not full_kl)
+            t_score = time.perf_counter()
 
-        # 3. reward + 4. update --------------------------------------------------------------------
-        result = compute_gradients(
-            student,
-            rollouts,
-            teacher_scores,
-            objective,
-            micro_batch_size=micro_batch_size,
-            include_stop_token=cfg.rollout.include_stop_token,
-            temperature=cfg.rollout.temperature,
-            chunk_size=cfg.run.chunk_size,
-            teacher_output_layer=output_layer(teacher),
-            vocab_size=len(student_tok),
-            comm=comm,
-            autocast_dtype=amp_dtype,
-        )
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        t_update = time.perf_counter()
-
-        # 5. log -----------------------------------------------------------------------------------
-        metrics = step_metrics(
-            result, rollouts, comm, grad_norm=grad_norm.item(), lr=scheduler.get_last_lr()[0]
-        )
-        if cfg.reward.record is not None and "alpha" in cfg.reward.record.hparams:
-            metrics["reward/alpha"] = cfg.reward.hparams_at((step - 1) / max(1, cfg.run.max_steps - 1))[
-                "alpha"
-            ]
-        metrics.update(
-            {
-                "time/sample_s": t_sample - t0,
-                "time/score_s": t_score - t_sample,
-                "time/update_s": t_update - t_score,
-                "time/step_s": t_update - t0,
-                "tokens_per_s": metrics["response_length/sum"] / (t_update - t0),
-                "memory/peak_mb": peak_memory_mb(device),
-            }
-        )
-        if step == 1 or step % cfg.run.positions_every == 0:
-            run.log_positions(step, gathered_positions(result, comm))
-        if evaluator is not None and (step % cfg.eval.every == 0 or step == cfg.run.max_steps):
-            metrics.update(evaluator(student))
-        run.log_metrics(step, metrics)
-        bar.set_postfix(
-            loss=f"{result.loss:.3g}",
-            reward=f"{metrics['reward/mean']:.3g}",
-            len=f"{metrics['response_length/mean']:.0f}",
-        )
-
-        # 6. save ----------------------------------------------------------------------------------
-        if cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.max_steps):
-            run.save_checkpoint(
-                step,
+            # 3. reward + 4. update --------------------------------------------------------------------
+            result = compute_gradients(
                 student,
-                student_tok,
-                optimizer,
-                scheduler,
-                {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed},
+                rollouts,
+                teacher_scores,
+                objective,
+                micro_batch_size=micro_batch_size,
+                include_stop_token=cfg.rollout.include_stop_token,
+                temperature=cfg.rollout.temperature,
+                chunk_size=cfg.run.chunk_size,
+                teacher_output_layer=output_layer(teacher),
+                vocab_size=len(student_tok),
+                comm=comm,
+                autocast_dtype=amp_dtype,
             )
-        accelerator.wait_for_everyone()
+            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            t_update = time.perf_counter()
 
+            # 5. log -----------------------------------------------------------------------------------
+            metrics = step_metrics(
+                result, rollouts, comm, grad_norm=grad_norm.item(), lr=scheduler.get_last_lr()[0]
+            )
+            if cfg.reward.record is not None and "alpha" in cfg.reward.record.hparams:
+                metrics["reward/alpha"] = cfg.reward.hparams_at((step - 1) / max(1, cfg.run.max_steps - 1))[
+                    "alpha"
+                ]
+            metrics.update(
+                {
+                    "time/sample_s": t_sample - t0,
+                    "time/score_s": t_score - t_sample,
+                    "time/update_s": t_update - t_score,
+                    "time/step_s": t_update - t0,
+                    "tokens_per_s": metrics["response_length/sum"] / (t_update - t0),
+                    "memory/peak_mb": peak_memory_mb(device),
+                }
+            )
+            if step == 1 or step % cfg.run.positions_every == 0:
+                run.log_positions(step, gathered_positions(result, comm))
+            if evaluator is not None and (step % cfg.eval.every == 0 or step == cfg.run.max_steps):
+                metrics.update(evaluator(student))
+            run.log_metrics(step, metrics)
+            bar.set_postfix(
+                loss=f"{result.loss:.3g}",
+                reward=f"{metrics['reward/mean']:.3g}",
+                len=f"{metrics['response_length/mean']:.0f}",
+            )
+
+            # 6. save ----------------------------------------------------------------------------------
+            if cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.max_steps):
+                run.save_checkpoint(
+                    step,
+                    student,
+                    student_tok,
+                    optimizer,
+                    scheduler,
+                    {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed},
+                )
+            accelerator.wait_for_everyone()
+
+    finally:
+        sampler.close()
     final = run.save_final(student, student_tok)
     run.close()
     accelerator.wait_for_everyone()

@@ -13,6 +13,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..engines import ENGINE_HELP, ENGINES
+
     a = parser.add_argument
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train the task's teacher and student by their recipe (~6 min) instead of using the shipped ones",
     )
-    a("--rollout-engine", choices=("generate", "loop"), help="sampler of every run (default loop)")
+    a("--rollout-engine", choices=ENGINES, help=ENGINE_HELP + "; default loop")
     a("--no-progress", action="store_true", help="no progress bars")
 
 

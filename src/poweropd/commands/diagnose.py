@@ -46,6 +46,8 @@ def _temperature(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..engines import ENGINE_HELP, ENGINES
+
     parser.add_argument("--teacher", required=True, help="hub id, local folder or alias of the teacher")
     parser.add_argument("--student", required=True, help="hub id, local folder or alias of the student")
     parser.add_argument("--data", required=True, type=Path, help="JSONL of prompts with a 'problem' field")
@@ -58,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="rollouts sampled at once (8)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
+    parser.add_argument(
+        "--rollout-engine", default="generate", choices=ENGINES, help=ENGINE_HELP + "; default generate"
+    )
     parser.add_argument("--device", default="cpu", help="torch device for both models (cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         samples_per_prompt=args.samples_per_prompt,
         batch_size=args.batch_size,
+        engine=args.rollout_engine,
     )
     summary = build_summary(scored, student_tok, args, num_prompts=len(problems))
 

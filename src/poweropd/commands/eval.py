@@ -15,6 +15,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..engines import ENGINE_HELP, ENGINES
+
     parser.add_argument(
         "--model", required=True, help="hub id, local folder or alias (e.g. smollm2-135m-instruct)"
     )
@@ -43,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rollout-engine",
         default="generate",
-        choices=["generate", "loop"],
-        help="sampler: generate (model.generate, default) or loop (a plain KV-cache decode loop, same samples)",
+        choices=ENGINES,
+        help=ENGINE_HELP + "; default generate",
     )
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="write results.json and samples.jsonl here"
@@ -84,16 +86,30 @@ def run(args: argparse.Namespace) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available; use --device cpu")
+    # under `accelerate launch` the problems are sharded over the processes and gathered (distributed.py)
+    from accelerate import Accelerator
+
+    from ..distributed import AcceleratorCollective
+
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    device = accelerator.device if args.device == "cuda" else "cpu"
     tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
+    model = load_causal_lm(args.model, dtype=args.dtype, device=device)
 
     start = time.perf_counter()
-    results, samples = evaluate_model(model, tokenizer, problems, cfg, progress=not args.no_progress)
+    results, samples = evaluate_model(
+        model, tokenizer, problems, cfg, progress=not args.no_progress and accelerator.is_main_process,
+        comm=AcceleratorCollective(accelerator),
+    )  # fmt: skip
     wall_s = time.perf_counter() - start
+    if not accelerator.is_main_process:
+        return 0
 
     print(format_table(results))
+    processes = f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
     print(
-        f"\n{len(samples)} responses in {wall_s:.0f} s ({args.model}, n={cfg.n}, max_new_tokens={cfg.max_new_tokens})"
+        f"\n{len(samples)} responses in {wall_s:.0f} s ({args.model}, n={cfg.n}, "
+        f"max_new_tokens={cfg.max_new_tokens}, engine {cfg.engine}{processes})"
     )
     if out is not None:
         write_results(out, results, samples, cfg)

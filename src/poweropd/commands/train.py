@@ -47,8 +47,8 @@ FLAGS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..config import DEVICES, DTYPES, methods
+    from ..engines import ENGINE_HELP, ENGINES
     from ..rewards import REWARDS
-    from ..rollout import SAMPLERS
 
     a = parser.add_argument
     a("--student", metavar="S", help="student: HF id, folder or alias (e.g. smollm2-135m-instruct)")
@@ -93,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--temperature", type=float, metavar="X", help="sampling temperature (default 1.0)")
     a(
         "--rollout-engine",
-        choices=SAMPLERS,
-        help="sampler: generate (model.generate, default) or loop (a plain KV-cache decode loop, same samples)",
+        choices=ENGINES,
+        help=ENGINE_HELP + "; default generate",
     )
     a("--lr", type=float, metavar="LR", help="AdamW learning rate (default 5e-7)")
     a("--seed", type=int, metavar="S", help="seed of data order and sampling (default 0)")
