@@ -17,14 +17,18 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_char_tokenizer():
-    """Every printable ASCII character is a token; Qwen-style specials (<|im_end|> EOS, <|endoftext|> pad)."""
+def make_char_tokenizer(swap: tuple[str, str] | None = None):
+    """Every printable ASCII character is a token; Qwen-style specials (<|im_end|> EOS, <|endoftext|> pad).
+
+    ``swap=("a", "b")`` exchanges two tokens' ids (a tokenizer of the same size that disagrees)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     chars = sorted(set(string.printable))
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    if swap:
+        vocab[swap[0]], vocab[swap[1]] = vocab[swap[1]], vocab[swap[0]]
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
     tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tok.decoder = decoders.Fuse()

@@ -70,9 +70,11 @@ def test_two_process_training_run(tiny_pair, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["generate", "continuous"])
-def test_two_process_eval_shards_problems_and_gathers_one_process_results(tiny_pair, tmp_path, engine):
+def test_two_process_eval_shards_problems_and_gathers_one_process_results(tiny_pair, tmp_path):
+    """The default engine over two processes (the streaming one is sharded the same way: test_continuous.py)."""
     from poweropd.cli import main
+
+    engine = "generate"
 
     student, _, prompts = tiny_pair
     data = tmp_path / "data"
@@ -98,3 +100,17 @@ def test_two_process_eval_shards_problems_and_gathers_one_process_results(tiny_p
     assert json.loads(two) == json.loads(one)  # greedy: the same responses whichever process samples them
     rows = [json.loads(line) for line in (tmp_path / "two" / "samples.jsonl").read_text().splitlines()]
     assert [(r["id"], r["sample"]) for r in rows] == [(str(i), s) for i in range(5) for s in range(2)]
+
+
+@pytest.mark.slow
+def test_batch_not_divisible_by_the_processes_is_refused(tiny_pair, tmp_path):
+    student, teacher, prompts = tiny_pair
+    out = tmp_path / "run"
+    proc = _accelerate(
+        "-m", "poweropd.cli", "train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts),
+        "--output-dir", str(out), "--batch-size", "3", "--max-steps", "1", "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("poweropd train: error:")]
+    assert errors and all("--batch-size 3: expected a multiple of the 2 processes" in e for e in errors)
+    assert not out.exists()

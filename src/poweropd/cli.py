@@ -7,10 +7,14 @@ Every user-facing failure is one line on stderr that names the input and what wa
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from .errors import UserError
+
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+"""A full disk, a file-size limit, a quota: one line and exit code 2, like any bad input."""
 
 COMMANDS = {
     "train": "on-policy distillation of a student toward a teacher",
@@ -53,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         sys.stderr.write(f"poweropd {args.command}: error: {err}\n")
+        return 2
+    except OSError as err:
+        if args.debug or err.errno not in DISK_FULL:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        sys.stderr.write(
+            f"poweropd {args.command}: error: the disk is full ({err.strerror}{where}; output in "
+            f"{getattr(args, 'output_dir', None)}); what was written before is complete (logs, checkpoints)\n"
+        )
         return 2
 
 

@@ -35,6 +35,8 @@ class ModelConfig:
     """Device of the student (and of the teacher unless teacher_device is set): cpu or cuda."""
     teacher_device: str | None = None
     """Device of the teacher, e.g. cuda:1; default: the student's device."""
+    trust_remote_code: bool = False
+    """Run Python code that ships with a model (transformers' trust_remote_code); off unless asked."""
 
     def __post_init__(self):
         require(bool(self.student), "model.student (--student)", "a model id, folder or alias", self.student)
@@ -316,9 +318,16 @@ class RunConfig:
     """Write per-position reward statistics to positions.jsonl every K steps (and at step 1)."""
     chunk_size: int = 1024
     """Positions per output-layer chunk in the memory-light log-prob and KL computations."""
+    keep_last: int = 3
+    """Checkpoints kept: older ones are removed once a newer one is complete (0 = keep all; final/ stays)."""
+    max_skipped_steps: int = 3
+    """Stop after this many consecutive steps with a NaN/inf loss or gradient norm (each one skipped)."""
 
     def __post_init__(self):
         require(bool(self.data), "run.data (--data)", "a JSONL file of prompts", self.data)
+        require(self.keep_last >= 0, "run.keep_last (--keep-last)", "an integer ≥ 0", self.keep_last)
+        require(self.max_skipped_steps >= 1, "run.max_skipped_steps (--max-skipped-steps)", "an integer ≥ 1",
+                self.max_skipped_steps)  # fmt: skip
         require(bool(self.output_dir), "run.output_dir (--output-dir)", "a folder", self.output_dir)
         require(self.max_steps >= 1, "run.max_steps (--max-steps)", "an integer ≥ 1", self.max_steps)
         require(self.batch_size >= 1, "run.batch_size (--batch-size)", "an integer ≥ 1", self.batch_size)
@@ -364,12 +373,14 @@ class TrainConfig:
                 raise UserError(f"{source}: unknown section '{name}' (expected one of {', '.join(classes)})")
             if not isinstance(values, dict):
                 raise UserError(f"{source}: section '{name}' must be a mapping of field: value")
-            allowed = [f.name for f in fields(classes[name])]
-            for key in values:
+            allowed = {f.name: f.type for f in fields(classes[name])}
+            for key, value in values.items():
                 if key not in allowed:
                     raise UserError(
                         f"{source}: unknown key '{name}.{key}' (expected one of {', '.join(allowed)})"
                     )
+                if not _has_type(value, allowed[key]):
+                    raise UserError(f"{source}: {name}.{key}: expected {allowed[key]}, got {value!r}")
             try:
                 built[name] = classes[name](**values)
             except TypeError as err:
@@ -377,6 +388,18 @@ class TrainConfig:
         if "model" not in built:
             built["model"] = ModelConfig()  # raises: student/teacher are required
         return cls(**built)
+
+
+def _has_type(value, annotation: str) -> bool:
+    """Whether a preset value fits a field's annotation (the scalar ones; containers are checked later)."""
+    scalars = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+    options = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        return "None" in options
+    if not all(o in scalars or o == "None" for o in options):
+        return True
+    ok = tuple(t for o in options if o in scalars for t in scalars[o])
+    return isinstance(value, ok) and (bool in ok or not isinstance(value, bool))
 
 
 def read_preset(path: str | Path) -> dict[str, dict[str, Any]]:

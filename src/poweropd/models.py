@@ -30,14 +30,27 @@ def resolve_model(name: str) -> str:
     return str(folder) if folder is not None else name
 
 
-def load_tokenizer(name: str, what: str = "--model"):
+REMOTE_CODE_HINT = "trust_remote_code"
+
+
+def _remote_code_error(what: str, name: str, err: BaseException) -> UserError | None:
+    """The error for a model that ships its own Python code, which we run only when asked."""
+    if REMOTE_CODE_HINT not in str(err):
+        return None
+    return UserError(
+        f"{what} {name}: the model needs its own code from its repository; pass --trust-remote-code if you "
+        "trust that code (it runs on this machine)"
+    )
+
+
+def load_tokenizer(name: str, what: str = "--model", *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve_model(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(
+        raise _remote_code_error(what, name, err) or UserError(
             f"{what} {name}: expected a Hugging Face model id or a folder with a tokenizer ({_first_line(err)})"
         ) from None
     if tokenizer.pad_token_id is None:
@@ -46,15 +59,22 @@ def load_tokenizer(name: str, what: str = "--model"):
 
 
 def load_causal_lm(
-    name: str, *, dtype: str = "float32", device: str | torch.device = "cpu", what: str = "--model"
-):
+    name: str, *, dtype: str = "float32", device: str | torch.device = "cpu", what: str = "--model",
+    trust_remote_code: bool = False,
+):  # fmt: skip
+    """The model's weights come from safetensors or the library's own loader; code from the model's
+    repository runs only with ``trust_remote_code`` (--trust-remote-code)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model(name)
+    from safetensors import SafetensorError
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    except (OSError, ValueError) as err:
-        raise UserError(
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, SafetensorError) as err:
+        raise _remote_code_error(what, name, err) or UserError(
             f"{what} {name}: expected a Hugging Face causal LM id or folder ({_first_line(err)})"
         ) from None
     return model.to(device)
@@ -83,7 +103,7 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 def check_pair(student_tokenizer, teacher_tokenizer, *, student: str, teacher: str) -> None:
-    """Stop unless the two tokenizers map the same strings to the same ids.
+    """Stop unless the two tokenizers map the same strings to the same ids and end on the same token.
 
     Embedding sizes may differ (Qwen3 pads its output layer to 151,936 rows beyond the 151,669-token
     tokenizer): losses compare the models over the tokenizer's range only.
@@ -99,6 +119,11 @@ def check_pair(student_tokenizer, teacher_tokenizer, *, student: str, teacher: s
             f"--student {student} / --teacher {teacher}: expected tokenizers with the same vocabulary and ids "
             f"(student {len(student_vocab)} tokens, teacher {len(teacher_vocab)}; {only_s} only in student, "
             f"{only_t} only in teacher, {moved} with different ids)"
+        )
+    if student_tokenizer.eos_token != teacher_tokenizer.eos_token:
+        raise UserError(
+            f"--student {student} / --teacher {teacher}: expected the same end-of-sequence token "
+            f"(student {student_tokenizer.eos_token!r}, teacher {teacher_tokenizer.eos_token!r})"
         )
 
 

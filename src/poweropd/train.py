@@ -35,13 +35,15 @@ Where we depart from the paper's code (EIT-NLP/PowerOPD, a fork of TRL's GOLD tr
 - The learning rate warms up linearly over ``warmup_ratio · max_steps`` steps starting from lr/warmup at
   the first step (not from 0, which would waste a step).
 - Each step re-seeds the sampler from (seed, step, process), so a resumed run samples exactly what an
-  uninterrupted run would.
+  uninterrupted run would, whenever it was killed (tests/test_faults.py; faults.py: signals, NaN/inf steps).
 """
 
 from __future__ import annotations
 
 import math
+import signal
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,6 +55,7 @@ from .data import DataOrder, encode_prompts, read_jsonl
 from .distributed import AcceleratorCollective, Collective, SingleProcess
 from .engines import make_sampler
 from .errors import UserError
+from .faults import Interrupted, NonFiniteGuard, StopOnSignal, kill_point
 from .logprobs import chunked_token_logprobs
 from .losses import MicroBatch, Objective, make_objective
 from .models import (
@@ -213,31 +216,38 @@ def train(
     micro_batch_size = min(cfg.run.micro_batch_size or per_process_batch, per_process_batch)
 
     # -- models and data ----------------------------------------------------------------------------
-    student_tok = load_tokenizer(cfg.model.student, what="--student")
-    teacher_tok = load_tokenizer(cfg.model.teacher, what="--teacher")
+    remote = {"trust_remote_code": cfg.model.trust_remote_code}
+    student_tok = load_tokenizer(cfg.model.student, what="--student", **remote)
+    teacher_tok = load_tokenizer(cfg.model.teacher, what="--teacher", **remote)
     check_pair(student_tok, teacher_tok, student=cfg.model.student, teacher=cfg.model.teacher)
     rows = read_jsonl(cfg.run.data)
     prompt_ids = encode_prompts(student_tok, [r["problem"] for r in rows])
-    run.prepare(cfg, resume=resume)
+    run.check(cfg, resume=resume)  # every input is checked before anything is written
     checkpoint = run.latest_checkpoint() if resume else None
 
     bf16 = cfg.model.dtype == "bfloat16"
     student_source = str(checkpoint) if checkpoint else cfg.model.student
-    student = load_causal_lm(student_source, dtype="float32", device=device, what="--student")
+    what = "--resume checkpoint" if checkpoint else "--student"
+    student = load_causal_lm(student_source, dtype="float32", device=device, what=what, **remote)
     student.train()
     teacher_device = cfg.model.teacher_device or device
     teacher = load_causal_lm(
-        cfg.model.teacher, dtype=cfg.model.dtype, device=teacher_device, what="--teacher"
+        cfg.model.teacher, dtype=cfg.model.dtype, device=teacher_device, what="--teacher", **remote
     )
     _check_vocab_sizes(student, teacher, len(student_tok), cfg)
+    _check_context(student, teacher, max(map(len, prompt_ids)), cfg)
 
     optimizer = make_optimizer(student.parameters(), cfg.optim, device)
     warmup_steps = math.ceil(cfg.optim.warmup_ratio * cfg.run.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(warmup_steps))
-    start_step = 0
+    start_step, state = 0, {}
     if checkpoint is not None:
-        start_step = load_training_state(checkpoint, optimizer, scheduler)["step"]
-        run.truncate_logs(start_step)
+        state = load_training_state(checkpoint, optimizer, scheduler)
+        start_step = state["step"]
+    run.create(cfg)
+    run.truncate_logs(start_step)
+    guard = NonFiniteGuard(cfg.run.max_skipped_steps, state.get("skipped_steps", 0),
+                           state.get("consecutive_skipped_steps", 0))  # fmt: skip
 
     objective = make_objective(cfg.reward)
     full_kl = objective.needs_teacher_hidden  # its loss computes the teacher's log-probs with the KL
@@ -260,6 +270,7 @@ def train(
         desc=f"train {cfg.reward.label}",
         disable=not (progress and accelerator.is_main_process),
     )
+    stop = StopOnSignal().install()
     try:  # the continuous engine's thread must stop on any way out
         for step in bar:
             t0 = time.perf_counter()
@@ -271,6 +282,7 @@ def train(
             batch = order.indices(step, cfg.run.batch_size, comm.rank, comm.world_size)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 rollouts = sampler.sample([prompt_ids[i] for i in batch])
+            kill_point("sample", step)
             t_sample = time.perf_counter()
 
             # 2. score ---------------------------------------------------------------------------------
@@ -279,22 +291,19 @@ def train(
 
             # 3. reward + 4. update --------------------------------------------------------------------
             result = compute_gradients(
-                student,
-                rollouts,
-                teacher_scores,
-                objective,
-                micro_batch_size=micro_batch_size,
-                include_stop_token=cfg.rollout.include_stop_token,
-                temperature=cfg.rollout.temperature,
-                chunk_size=cfg.run.chunk_size,
-                teacher_output_layer=output_layer(teacher),
-                vocab_size=len(student_tok),
-                comm=comm,
-                autocast_dtype=amp_dtype,
-            )
+                student, rollouts, teacher_scores, objective, micro_batch_size=micro_batch_size,
+                include_stop_token=cfg.rollout.include_stop_token, temperature=cfg.rollout.temperature,
+                chunk_size=cfg.run.chunk_size, teacher_output_layer=output_layer(teacher),
+                vocab_size=len(student_tok), comm=comm, autocast_dtype=amp_dtype,
+            )  # fmt: skip
             grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            kill_point("update", step)
+            # a NaN/inf step leaves the weights and AdamW state alone; the schedule follows the step count
+            if guard.check(result.loss, grad_norm.item()):
+                optimizer.step()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             t_update = time.perf_counter()
 
@@ -314,6 +323,8 @@ def train(
                     "time/step_s": t_update - t0,
                     "tokens_per_s": metrics["response_length/sum"] / (t_update - t0),
                     "memory/peak_mb": peak_memory_mb(device),
+                    "train/skipped_steps": guard.skipped,
+                    "train/step_skipped": int(guard.consecutive > 0),
                 }
             )
             if step == 1 or step % cfg.run.positions_every == 0:
@@ -321,25 +332,27 @@ def train(
             if evaluator is not None and (step % cfg.eval.every == 0 or step == cfg.run.max_steps):
                 metrics.update(evaluator(student))
             run.log_metrics(step, metrics)
+            kill_point("logged", step)
             bar.set_postfix(
                 loss=f"{result.loss:.3g}",
                 reward=f"{metrics['reward/mean']:.3g}",
                 len=f"{metrics['response_length/mean']:.0f}",
             )
 
-            # 6. save ----------------------------------------------------------------------------------
-            if cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.max_steps):
-                run.save_checkpoint(
-                    step,
-                    student,
-                    student_tok,
-                    optimizer,
-                    scheduler,
-                    {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed},
-                )
+            # 6. save (and stop on a signal or on too many non-finite steps) -------------------------
+            signalled = comm.sum(torch.tensor([float(stop.signum is not None)], device=device)).item() > 0
+            due = cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.max_steps)
+            if due or signalled:
+                state = {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed, **guard.state()}
+                saved = run.save_checkpoint(step, student, student_tok, optimizer, scheduler, state,
+                                            keep_last=cfg.run.keep_last)  # fmt: skip
             accelerator.wait_for_everyone()
-
+            if signalled:
+                raise Interrupted(stop.signum or signal.SIGTERM, step, saved)
+            guard.raise_if_stuck(step, run.latest_checkpoint())
+            kill_point("step_end", step)
     finally:
+        stop.restore()
         sampler.close()
     final = run.save_final(student, student_tok)
     run.close()
@@ -354,6 +367,17 @@ def _check_vocab_sizes(student, teacher, tokenizer_size: int, cfg: TrainConfig) 
             raise UserError(
                 f"{name} {getattr(cfg.model, name[2:])}: output layer has {rows} rows, expected at least the tokenizer's {tokenizer_size}"
             )
+
+
+def _check_context(student, teacher, longest_prompt: int, cfg: TrainConfig) -> None:
+    context = min(getattr(m.config, "max_position_embeddings", math.inf) for m in (student, teacher))
+    needed = longest_prompt + cfg.rollout.max_new_tokens
+    if needed > context:
+        raise UserError(
+            f"--data {cfg.run.data}: the longest prompt is {longest_prompt} tokens, so a rollout of "
+            f"--max-new-tokens {cfg.rollout.max_new_tokens} needs {needed} positions, beyond the models' "
+            f"context of {context} positions (expected shorter prompts or fewer new tokens)"
+        )
 
 
 def _make_evaluator(cfg: TrainConfig, tokenizer, problems: dict | None = None) -> Callable:

@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="rollouts sampled at once (8)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
     parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run Python code shipped with a model"
+    )
+    parser.add_argument(
         "--rollout-engine", default="generate", choices=ENGINES, help=ENGINE_HELP + "; default generate"
     )
     parser.add_argument("--device", default="cpu", help="torch device for both models (cpu)")
@@ -82,11 +85,12 @@ def run(args: argparse.Namespace) -> int:
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UserError(f"--output-dir {args.output_dir}: expected a folder, found a file")
     problems = [row["problem"] for row in read_jsonl(args.data)][: args.num_prompts]
-    teacher_tok = load_tokenizer(args.teacher, what="--teacher")
-    student_tok = load_tokenizer(args.student, what="--student")
+    remote = {"trust_remote_code": args.trust_remote_code}
+    teacher_tok = load_tokenizer(args.teacher, what="--teacher", **remote)
+    student_tok = load_tokenizer(args.student, what="--student", **remote)
     check_pair(student_tok, teacher_tok, student=args.student, teacher=args.teacher)
-    teacher = load_causal_lm(args.teacher, dtype=args.dtype, device=args.device, what="--teacher")
-    student = load_causal_lm(args.student, dtype=args.dtype, device=args.device, what="--student")
+    teacher = load_causal_lm(args.teacher, dtype=args.dtype, device=args.device, what="--teacher", **remote)
+    student = load_causal_lm(args.student, dtype=args.dtype, device=args.device, what="--student", **remote)
 
     torch.manual_seed(args.seed)
     scored = D.sample_and_score(

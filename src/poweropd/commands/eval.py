@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run Python code shipped with the model"
+    )
+    parser.add_argument(
         "--rollout-engine",
         default="generate",
         choices=ENGINES,
@@ -93,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = accelerator.device if args.device == "cuda" else "cpu"
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model, dtype=args.dtype, device=device)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_causal_lm(
+        args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code
+    )
 
     start = time.perf_counter()
     results, samples = evaluate_model(

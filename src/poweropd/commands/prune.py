@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="dtype of the saved weights",
     )
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="run Python code shipped with the model"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output_dir.exists() and (not args.output_dir.is_dir() or any(args.output_dir.iterdir())):
         raise UserError(f"--output-dir {args.output_dir}: already exists (expected a new or empty folder)")
-    tokenizer = load_tokenizer(args.model)
-    model = load_causal_lm(args.model, dtype=args.dtype)
+    tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    model = load_causal_lm(args.model, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     num_layers = model.config.num_hidden_layers
     keep = parse_layer_spec(args.keep_layers, num_layers)
     pruned = prune_layers(model, keep)

@@ -32,9 +32,12 @@ FLAGS: dict[str, tuple[str, str]] = {
     "seed": ("run", "seed"),
     "save_every": ("run", "save_every"),
     "positions_every": ("run", "positions_every"),
+    "keep_last": ("run", "keep_last"),
+    "max_skipped_steps": ("run", "max_skipped_steps"),
     "max_new_tokens": ("rollout", "max_new_tokens"),
     "temperature": ("rollout", "temperature"),
     "rollout_engine": ("rollout", "engine"),
+    "trust_remote_code": ("model", "trust_remote_code"),
     "lr": ("optim", "lr"),
     "eval_every": ("eval", "every"),
     "eval_benchmarks": ("eval", "benchmarks"),
@@ -100,9 +103,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--seed", type=int, metavar="S", help="seed of data order and sampling (default 0)")
     a("--save-every", type=int, metavar="K", help="checkpoint every K steps (default 100; 0 = final only)")
     a("--positions-every", type=int, metavar="K", help="per-position statistics every K steps (default 10)")
+    a(
+        "--keep-last",
+        type=int,
+        metavar="K",
+        help="checkpoints kept, older removed once a newer is complete (default 3; 0 = all)",
+    )
+    a("--max-skipped-steps", type=int, metavar="N",
+      help="stop after N consecutive steps with a NaN/inf loss or gradient norm, each skipped (default 3)")  # fmt: skip
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     a("--device", choices=DEVICES, help="student device (default cpu)")
     a("--teacher-device", metavar="DEV", help="teacher device, e.g. cuda:1 (default: the student's)")
+    a("--trust-remote-code", action="store_true", default=None,
+      help="run Python code shipped with a model (transformers' trust_remote_code; off by default)")  # fmt: skip
     a("--dtype", choices=DTYPES, help="compute dtype (default float32)")
     a("--eval-every", type=int, metavar="K", help="evaluate every K steps (default 0 = never)")
     a("--eval-benchmarks", metavar="LIST", help="benchmarks for --eval-every (default gsm8k)")
@@ -134,9 +147,16 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..faults import Interrupted
     from ..train import train
 
     config = build_config(args)
-    final = train(config, progress=not args.no_progress, resume=args.resume)
+    try:
+        final = train(config, progress=not args.no_progress, resume=args.resume)
+    except Interrupted as stop:  # SIGTERM / Ctrl-C: a checkpoint of the last step is on disk
+        sys.stderr.write(f"poweropd train: {stop}\n")
+        return 128 + stop.signum
     print(f"trained student: {final}")
     return 0
