@@ -37,6 +37,11 @@ def world(tiny_pair, tmp_path_factory):
     (root / "unknown_key.yaml").write_text("optim:\n  learning_rate: 0.1\n")
     (root / "garbled.yaml").write_text("optim: [lr: 1\n")
     (root / "a_file").write_text("not a folder")
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"problem": ["1+1"]})}).save_to_disk(
+        str(root / "ds")
+    )
     (root / "not_a_model").mkdir()
     (root / "not_a_model" / "README.md").write_text("hello")
 
@@ -103,6 +108,11 @@ CASES = [
     ("train-max-new-tokens", lambda f, o: _set(_train(f, o), "--max-new-tokens", 0), "max_new_tokens"),
     ("train-temperature", lambda f, o: [*_train(f, o), "--temperature", "0"], "temperature"),
     ("train-keep-last", lambda f, o: [*_train(f, o), "--keep-last", "-1"], "keep_last"),
+    ("train-merge-without-lora", lambda f, o: [*_train(f, o), "--merge-lora"], "--lora-rank > 0"),
+    ("train-lora-dropout", lambda f, o: [*_train(f, o), "--lora-rank", "4", "--lora-dropout", "1.5"], "lora_dropout"),
+    ("train-data-split", lambda f, o: [*_set(_train(f, o), "--data", f["root"] / "ds"), "--data-split", "dev"], "expected a split 'dev'"),
+    ("train-data-field", lambda f, o: [*_set(_train(f, o), "--data", f["root"] / "ds"), "--data-field", "question"], "expected a column 'question'"),
+    ("train-report-to", lambda f, o: [*_train(f, o), "--report-to", "jsonl,mlflow"], "run.report_to"),
     ("train-unknown-reward", lambda f, o: [*_train(f, o), "--reward", "bogus"], "--reward"),
     ("train-tokenizer-vocab", lambda f, o: _set(_train(f, o), "--teacher", f["other_vocab"]), "1 only in teacher"),
     ("train-tokenizer-ids", lambda f, o: _set(_train(f, o), "--teacher", f["other_ids"]), "2 with different ids"),

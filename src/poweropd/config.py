@@ -19,6 +19,14 @@ from .errors import UserError, require
 from .rewards import REWARDS
 
 DEVICES = ("cpu", "cuda")
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -31,12 +39,24 @@ class ModelConfig:
     dtype: str = "float32"
     """Compute dtype. With bfloat16 the teacher is held in bf16 and the student keeps float32 master weights
     under bf16 autocast (a 5e-7 update is below bf16's resolution for most weights)."""
-    device: str = "cpu"
-    """Device of the student (and of the teacher unless teacher_device is set): cpu or cuda."""
+    device: str = field(default_factory=lambda: default_device())
+    """Device of the student (and of the teacher unless teacher_device is set): cpu or cuda; default cuda
+    where a GPU is visible, so that a GPU user does not train on the CPU by accident."""
     teacher_device: str | None = None
     """Device of the teacher, e.g. cuda:1; default: the student's device."""
     trust_remote_code: bool = False
     """Run Python code that ships with a model (transformers' trust_remote_code); off unless asked."""
+    gradient_checkpointing: bool = False
+    """Recompute the student's decoder layers in the backward pass instead of keeping their activations."""
+    lora_rank: int = 0
+    """LoRA rank through peft (adapters.py); 0 = full fine-tune."""
+    lora_alpha: float | None = None
+    """LoRA scaling α (the update is α/r · BA); default: the rank."""
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+    """peft target modules: all-linear (every linear layer but the output layer) or a comma list."""
+    merge_lora: bool = False
+    """Also write final-merged/: the base model with the adapter merged in."""
 
     def __post_init__(self):
         require(bool(self.student), "model.student (--student)", "a model id, folder or alias", self.student)
@@ -45,6 +65,15 @@ class ModelConfig:
         require(
             self.device in DEVICES, "model.device (--device)", f"one of {', '.join(DEVICES)}", self.device
         )
+        require(self.lora_rank >= 0, "model.lora_rank (--lora-rank)", "an integer ≥ 0", self.lora_rank)
+        require(
+            0 <= self.lora_dropout < 1,
+            "model.lora_dropout (--lora-dropout)",
+            "a number in [0, 1)",
+            self.lora_dropout,
+        )
+        require(not self.merge_lora or self.lora_rank > 0, "model.merge_lora (--merge-lora)", "--lora-rank > 0",
+                self.lora_rank)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -301,7 +330,11 @@ class EvalConfig:
 @dataclass(frozen=True)
 class RunConfig:
     data: str = ""
-    """Prompts: a JSONL file whose rows have `problem` (and optionally `answer`)."""
+    """Prompts: a JSONL or parquet file, a `datasets` save_to_disk folder, or a hub dataset id."""
+    data_split: str = "train"
+    """Split of a dataset folder or hub dataset (--data-split)."""
+    data_field: str = "problem"
+    """Column (or JSONL field) holding the problem text (--data-field)."""
     output_dir: str = ""
     """Run directory: metrics.jsonl, positions.jsonl, config.yaml, checkpoints/, final/, tb/."""
     max_steps: int = 1500
@@ -318,6 +351,8 @@ class RunConfig:
     """Write per-position reward statistics to positions.jsonl every K steps (and at step 1)."""
     chunk_size: int = 1024
     """Positions per output-layer chunk in the memory-light log-prob and KL computations."""
+    report_to: tuple[str, ...] = ("jsonl", "tensorboard")
+    """Metric destinations (trackers.TRACKERS): jsonl, tensorboard, wandb; a comma list on the command line."""
     keep_last: int = 3
     """Checkpoints kept: older ones are removed once a newer one is complete (0 = keep all; final/ stays)."""
     max_skipped_steps: int = 3
@@ -325,6 +360,13 @@ class RunConfig:
 
     def __post_init__(self):
         require(bool(self.data), "run.data (--data)", "a JSONL file of prompts", self.data)
+        if isinstance(self.report_to, str | list):
+            names = self.report_to.split(",") if isinstance(self.report_to, str) else self.report_to
+            object.__setattr__(self, "report_to", tuple(n.strip() for n in names if n.strip()))
+        from .trackers import TRACKERS
+
+        require(bool(self.report_to) and all(n in TRACKERS for n in self.report_to), "run.report_to (--report-to)",
+                f"a comma list of {', '.join(TRACKERS)}", ",".join(self.report_to))  # fmt: skip
         require(self.keep_last >= 0, "run.keep_last (--keep-last)", "an integer ≥ 0", self.keep_last)
         require(self.max_skipped_steps >= 1, "run.max_skipped_steps (--max-skipped-steps)", "an integer ≥ 1",
                 self.max_skipped_steps)  # fmt: skip

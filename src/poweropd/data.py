@@ -1,4 +1,9 @@
-"""Prompt datasets (JSONL rows with ``problem``) and the prompt template."""
+"""Prompt datasets and the prompt template.
+
+``load_problems`` reads the training prompts from a local JSONL file (our own reader: errors name the line), or
+through Hugging Face ``datasets`` from a parquet file, a folder written by ``save_to_disk``, or a hub dataset id
+such as ``agentica-org/DeepScaleR-Preview-Dataset`` (``--data-split``, ``--data-field``).
+"""
 
 from __future__ import annotations
 
@@ -49,6 +54,63 @@ def read_jsonl(
     if not rows and not allow_empty:
         raise UserError(f"{what} {path}: expected at least one row, the file is empty")
     return rows
+
+
+def load_problems(
+    source: str, *, split: str = "train", field: str = "problem", what: str = "--data"
+) -> list[str]:
+    """The ``field`` strings of a prompt dataset, in order; every failure names the input."""
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json") or (path.is_file() and path.suffix not in (".parquet", ".arrow")):
+        return [row[field] for row in read_jsonl(path, required=(field,), what=what)]
+    dataset = _hf_dataset(source, path, split, what)
+    if field not in dataset.column_names:
+        raise UserError(
+            f"{what} {source}: expected a column '{field}' (--data-field), found {', '.join(dataset.column_names)}"
+        )
+    problems = dataset[field]
+    bad = next((i for i, p in enumerate(problems) if not isinstance(p, str) or not p.strip()), None)
+    if bad is not None:
+        raise UserError(f"{what} {source}: row {bad}: expected a non-empty string in column '{field}'")
+    if not problems:
+        raise UserError(f"{what} {source}: expected at least one row, split '{split}' is empty")
+    return list(problems)
+
+
+def _hf_dataset(source: str, path: Path, split: str, what: str):
+    """One split through ``datasets``: a parquet file, a ``save_to_disk`` folder, or a hub id."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(
+            f"{what} {source}: reading parquet, dataset folders or hub ids needs `pip install datasets`"
+        ) from None
+
+    def pick(splits):
+        if split not in splits:
+            raise UserError(
+                f"{what} {source}: expected a split '{split}' (--data-split), found {', '.join(splits)}"
+            )
+        return splits[split]
+
+    try:
+        if path.suffix == ".parquet":
+            return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split)
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            return pick(loaded) if isinstance(loaded, datasets.DatasetDict) else loaded
+        if path.exists():
+            raise UserError(
+                f"{what} {source}: expected a JSONL or parquet file, a dataset folder or a hub id"
+            )
+        return pick(datasets.load_dataset(source))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 — offline, unknown id, gated: one line naming the input
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(
+            f"{what} {source}: could not load it as a Hugging Face dataset ({first[:200]})"
+        ) from None
 
 
 def render_prompt(tokenizer, problem: str) -> str:

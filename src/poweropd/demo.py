@@ -191,7 +191,9 @@ def _validation_harness(cfg: DemoConfig) -> EvalConfig:
 
 def _train_config(cfg: DemoConfig, task, method: str, seed: int, out: Path) -> TrainConfig:
     return TrainConfig(
-        model=ModelConfig(student=str(task.student_dir), teacher=str(task.teacher_dir)),
+        model=ModelConfig(
+            student=str(task.student_dir), teacher=str(task.teacher_dir), device="cpu"
+        ),  # the pinned CPU float path
         rollout=RolloutConfig(max_new_tokens=cfg.max_new_tokens, engine=cfg.rollout_engine),
         reward=method_config(method),
         optim=OptimConfig(lr=cfg.lr),

@@ -127,13 +127,45 @@ def check_pair(student_tokenizer, teacher_tokenizer, *, student: str, teacher: s
         )
 
 
+def check_capacity(student, teacher, *, tokenizer_size: int, longest_prompt: int, max_new_tokens: int,
+                   names: tuple[str, str], data: str) -> None:  # fmt: skip
+    """Both output layers cover the tokenizer, and the longest rollout fits both models' context."""
+    for flag, name, model in (("--student", names[0], student), ("--teacher", names[1], teacher)):
+        rows = output_layer(model).weight.shape[0]
+        if rows < tokenizer_size:
+            raise UserError(
+                f"{flag} {name}: output layer has {rows} rows, expected at least the tokenizer's {tokenizer_size}"
+            )
+    context = min(getattr(m.config, "max_position_embeddings", float("inf")) for m in (student, teacher))
+    needed = longest_prompt + max_new_tokens
+    if needed > context:
+        raise UserError(
+            f"--data {data}: the longest prompt is {longest_prompt} tokens, so a rollout of --max-new-tokens "
+            f"{max_new_tokens} needs {needed} positions, beyond the models' context of {context} positions "
+            "(expected shorter prompts or fewer new tokens)"
+        )
+
+
+def enable_checkpointing(model) -> None:
+    """transformers' activation checkpointing of every decoder layer (non-reentrant: safe with our split of the
+    decoder body and the output layer); ``gradient_checkpointing_enable`` before transformers 5.x."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def output_layer(model) -> torch.nn.Module:
     """The model's vocabulary projection (lm_head)."""
     return model.get_output_embeddings()
 
 
 def decoder_body(model) -> torch.nn.Module:
-    """The model without its output layer: returns final (normed) hidden states."""
+    """The model without its output layer: returns final (normed) hidden states (inside a peft wrapper too)."""
+    from .adapters import base_model
+
+    model = base_model(model)
     return getattr(model, model.base_model_prefix)
 
 

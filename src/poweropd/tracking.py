@@ -36,9 +36,18 @@ from .errors import UserError
 from .faults import kill_point
 from .fsutil import atomic_folder
 from .models import save_model
+from .trackers import make_trackers, missing_package
 
 RESUMABLE_CHANGES = {
-    "run": {"max_steps", "save_every", "positions_every", "keep_last", "max_skipped_steps", "output_dir"},
+    "run": {
+        "max_steps",
+        "save_every",
+        "positions_every",
+        "keep_last",
+        "max_skipped_steps",
+        "output_dir",
+        "report_to",
+    },
     "eval": {"every", "benchmarks", "data_dir", "limit", "n", "max_new_tokens", "batch_size", "engine"},
     "model": {"device", "teacher_device"},
     "rollout": {"engine"},
@@ -58,7 +67,7 @@ class RunDir:
     def __init__(self, path: str | Path, *, is_main: bool = True):
         self.path = Path(path)
         self.is_main = is_main
-        self._tb = None
+        self._trackers = []
 
     # -- setup ---------------------------------------------------------------------------------------
     def check(self, config: TrainConfig, *, resume: bool) -> None:
@@ -73,6 +82,9 @@ class RunDir:
             )
         if resume:
             self._check_resumable(config)
+        package = missing_package(config.run.report_to)
+        if package:
+            raise UserError(f"--report-to {','.join(config.run.report_to)}: needs `pip install {package}`")
 
     def create(self, config: TrainConfig) -> None:
         """Create the directory (checked writable), drop a killed save's temporary folder, write config.yaml."""
@@ -89,6 +101,7 @@ class RunDir:
             for stale in (self.path / "checkpoints").glob(".step-*"):  # a save that was killed halfway
                 shutil.rmtree(stale, ignore_errors=True)
             write_yaml(config, self.path / "config.yaml")
+            self._trackers = make_trackers(config.run.report_to, self.path, config.to_dict())
 
     def _check_resumable(self, config: TrainConfig) -> None:
         if self.latest_checkpoint() is None:
@@ -113,32 +126,22 @@ class RunDir:
 
     # -- logging -------------------------------------------------------------------------------------
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """One row per step to every ``--report-to`` tracker (trackers.py)."""
         if not self.is_main:
             return
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        tb = self._writer()
-        for key, value in row.items():
-            if key != "step" and isinstance(value, int | float):
-                tb.add_scalar(key, value, step)
-        tb.flush()
+        for tracker in self._trackers:
+            tracker.log(step, row)
 
     def log_positions(self, step: int, buckets: list[dict[str, Any]]) -> None:
         if self.is_main:
             with (self.path / "positions.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "buckets": buckets}) + "\n")
 
-    def _writer(self):
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(str(self.path / "tb"))
-        return self._tb
-
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
 
     def truncate_logs(self, after_step: int) -> None:
         """On resume, drop log rows of steps after the checkpoint: they are about to be run again."""
@@ -202,8 +205,18 @@ class RunDir:
             removed.append(path.name)
         return removed
 
-    def save_final(self, model, tokenizer) -> Path:
+    def save_final(self, model, tokenizer, *, merged: bool = False) -> Path:
+        """``final/`` (the student, or its LoRA adapter) and, with ``merged``, ``final-merged/``."""
         final = self.path / "final"
+        if self.is_main and merged:
+            from .adapters import save_merged
+
+            folder = self.path / "final-merged"
+            _written(
+                self.path,
+                folder,
+                lambda: atomic_folder(folder, functools.partial(save_merged, model, tokenizer), replace=True),
+            )
         if self.is_main:
             _written(
                 self.path,

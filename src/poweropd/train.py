@@ -50,8 +50,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .adapters import attach_lora, base_model
 from .config import OptimConfig, TrainConfig
-from .data import DataOrder, encode_prompts, read_jsonl
+from .data import DataOrder, encode_prompts, load_problems
 from .distributed import AcceleratorCollective, Collective, SingleProcess
 from .engines import make_sampler
 from .errors import UserError
@@ -59,7 +60,9 @@ from .faults import Interrupted, NonFiniteGuard, StopOnSignal, kill_point
 from .logprobs import chunked_token_logprobs
 from .losses import MicroBatch, Objective, make_objective
 from .models import (
+    check_capacity,
     check_pair,
+    enable_checkpointing,
     load_causal_lm,
     load_tokenizer,
     output_layer,
@@ -220,24 +223,30 @@ def train(
     student_tok = load_tokenizer(cfg.model.student, what="--student", **remote)
     teacher_tok = load_tokenizer(cfg.model.teacher, what="--teacher", **remote)
     check_pair(student_tok, teacher_tok, student=cfg.model.student, teacher=cfg.model.teacher)
-    rows = read_jsonl(cfg.run.data)
-    prompt_ids = encode_prompts(student_tok, [r["problem"] for r in rows])
+    problems = load_problems(cfg.run.data, split=cfg.run.data_split, field=cfg.run.data_field)
+    prompt_ids = encode_prompts(student_tok, problems)
     run.check(cfg, resume=resume)  # every input is checked before anything is written
     checkpoint = run.latest_checkpoint() if resume else None
 
     bf16 = cfg.model.dtype == "bfloat16"
-    student_source = str(checkpoint) if checkpoint else cfg.model.student
-    what = "--resume checkpoint" if checkpoint else "--student"
+    lora = cfg.model.lora_rank > 0  # a LoRA checkpoint holds the adapter: the base comes from --student
+    student_source = str(checkpoint) if checkpoint and not lora else cfg.model.student
+    what = "--resume checkpoint" if checkpoint and not lora else "--student"
     student = load_causal_lm(student_source, dtype="float32", device=device, what=what, **remote)
+    if lora:
+        student = attach_lora(student, cfg.model, adapter_dir=checkpoint, seed=cfg.run.seed)
     student.train()
+    if cfg.model.gradient_checkpointing:  # each decoder layer recomputed in the backward pass
+        enable_checkpointing(student)
     teacher_device = cfg.model.teacher_device or device
     teacher = load_causal_lm(
         cfg.model.teacher, dtype=cfg.model.dtype, device=teacher_device, what="--teacher", **remote
     )
-    _check_vocab_sizes(student, teacher, len(student_tok), cfg)
-    _check_context(student, teacher, max(map(len, prompt_ids)), cfg)
+    check_capacity(student, teacher, tokenizer_size=len(student_tok), longest_prompt=max(map(len, prompt_ids)),
+                   max_new_tokens=cfg.rollout.max_new_tokens, names=(cfg.model.student, cfg.model.teacher),
+                   data=cfg.run.data)  # fmt: skip
 
-    optimizer = make_optimizer(student.parameters(), cfg.optim, device)
+    optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], cfg.optim, device)
     warmup_steps = math.ceil(cfg.optim.warmup_ratio * cfg.run.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(warmup_steps))
     start_step, state = 0, {}
@@ -258,7 +267,7 @@ def train(
         top_k=cfg.rollout.top_k,
         stop_token_ids=tuple(stop_token_ids(student_tok)),
     )
-    sampler = make_sampler(cfg.rollout.engine, student, student_tok.pad_token_id, sampling,
+    sampler = make_sampler(cfg.rollout.engine, base_model(student), student_tok.pad_token_id, sampling,
                            dtype=torch.bfloat16 if bf16 else None)  # fmt: skip
     scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size)
     order = DataOrder(len(prompt_ids), cfg.run.seed)
@@ -330,7 +339,7 @@ def train(
             if step == 1 or step % cfg.run.positions_every == 0:
                 run.log_positions(step, gathered_positions(result, comm))
             if evaluator is not None and (step % cfg.eval.every == 0 or step == cfg.run.max_steps):
-                metrics.update(evaluator(student))
+                metrics.update(evaluator(base_model(student)))
             run.log_metrics(step, metrics)
             kill_point("logged", step)
             bar.set_postfix(
@@ -354,30 +363,10 @@ def train(
     finally:
         stop.restore()
         sampler.close()
-    final = run.save_final(student, student_tok)
+    final = run.save_final(student, student_tok, merged=cfg.model.merge_lora)
     run.close()
     accelerator.wait_for_everyone()
     return final
-
-
-def _check_vocab_sizes(student, teacher, tokenizer_size: int, cfg: TrainConfig) -> None:
-    for name, model in (("--student", student), ("--teacher", teacher)):
-        rows = output_layer(model).weight.shape[0]
-        if rows < tokenizer_size:
-            raise UserError(
-                f"{name} {getattr(cfg.model, name[2:])}: output layer has {rows} rows, expected at least the tokenizer's {tokenizer_size}"
-            )
-
-
-def _check_context(student, teacher, longest_prompt: int, cfg: TrainConfig) -> None:
-    context = min(getattr(m.config, "max_position_embeddings", math.inf) for m in (student, teacher))
-    needed = longest_prompt + cfg.rollout.max_new_tokens
-    if needed > context:
-        raise UserError(
-            f"--data {cfg.run.data}: the longest prompt is {longest_prompt} tokens, so a rollout of "
-            f"--max-new-tokens {cfg.rollout.max_new_tokens} needs {needed} positions, beyond the models' "
-            f"context of {context} positions (expected shorter prompts or fewer new tokens)"
-        )
 
 
 def _make_evaluator(cfg: TrainConfig, tokenizer, problems: dict | None = None) -> Callable:

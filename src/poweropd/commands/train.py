@@ -19,6 +19,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "teacher_device": ("model", "teacher_device"),
     "dtype": ("model", "dtype"),
     "data": ("run", "data"),
+    "data_split": ("run", "data_split"),
+    "data_field": ("run", "data_field"),
     "output_dir": ("run", "output_dir"),
     "reward": ("reward", "name"),
     "alpha": ("reward", "alpha"),
@@ -33,11 +35,18 @@ FLAGS: dict[str, tuple[str, str]] = {
     "save_every": ("run", "save_every"),
     "positions_every": ("run", "positions_every"),
     "keep_last": ("run", "keep_last"),
+    "report_to": ("run", "report_to"),
     "max_skipped_steps": ("run", "max_skipped_steps"),
     "max_new_tokens": ("rollout", "max_new_tokens"),
     "temperature": ("rollout", "temperature"),
     "rollout_engine": ("rollout", "engine"),
     "trust_remote_code": ("model", "trust_remote_code"),
+    "gradient_checkpointing": ("model", "gradient_checkpointing"),
+    "lora_rank": ("model", "lora_rank"),
+    "lora_alpha": ("model", "lora_alpha"),
+    "lora_dropout": ("model", "lora_dropout"),
+    "lora_target_modules": ("model", "lora_target_modules"),
+    "merge_lora": ("model", "merge_lora"),
     "lr": ("optim", "lr"),
     "eval_every": ("eval", "every"),
     "eval_benchmarks": ("eval", "benchmarks"),
@@ -56,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--student", metavar="S", help="student: HF id, folder or alias (e.g. smollm2-135m-instruct)")
     a("--teacher", metavar="T", help="teacher: HF id, folder or alias; same tokenizer as the student")
-    a("--data", metavar="PROMPTS.jsonl", help="JSONL rows with a `problem` field")
+    a("--data", metavar="SOURCE", help="prompts: a JSONL/parquet file, a datasets folder or a hub dataset id")
+    a("--data-split", metavar="NAME", help="split of a dataset folder or hub dataset (default train)")
+    a("--data-field", metavar="NAME", help="column holding the problem text (default problem)")
     a("--output-dir", metavar="DIR", help="run directory")
     a(
         "--config",
@@ -104,6 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--save-every", type=int, metavar="K", help="checkpoint every K steps (default 100; 0 = final only)")
     a("--positions-every", type=int, metavar="K", help="per-position statistics every K steps (default 10)")
     a(
+        "--report-to",
+        metavar="LIST",
+        help="metric destinations: jsonl, tensorboard, wandb (default jsonl,tensorboard)",
+    )
+    a(
         "--keep-last",
         type=int,
         metavar="K",
@@ -112,8 +128,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-skipped-steps", type=int, metavar="N",
       help="stop after N consecutive steps with a NaN/inf loss or gradient norm, each skipped (default 3)")  # fmt: skip
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    a("--device", choices=DEVICES, help="student device (default cpu)")
+    a("--device", choices=DEVICES, help="student device (default cuda where a GPU is visible, else cpu)")
     a("--teacher-device", metavar="DEV", help="teacher device, e.g. cuda:1 (default: the student's)")
+    a(
+        "--lora-rank",
+        type=int,
+        metavar="R",
+        help="train a LoRA adapter of rank R through peft (default 0: all weights)",
+    )
+    a("--lora-alpha", type=float, metavar="A", help="LoRA scaling alpha (default: the rank)")
+    a("--lora-dropout", type=float, metavar="D", help="LoRA dropout (default 0)")
+    a("--lora-target-modules", metavar="LIST", help="peft target modules (default all-linear)")
+    a(
+        "--merge-lora",
+        action="store_true",
+        default=None,
+        help="also write final-merged/, the adapter merged in",
+    )
+    a("--gradient-checkpointing", action="store_true", default=None,
+      help="recompute the student's decoder layers in the backward pass (less memory, ~1 more forward)")  # fmt: skip
     a("--trust-remote-code", action="store_true", default=None,
       help="run Python code shipped with a model (transformers' trust_remote_code; off by default)")  # fmt: skip
     a("--dtype", choices=DTYPES, help="compute dtype (default float32)")

@@ -1,0 +1,89 @@
+"""Peak memory of `poweropd train` per process: full fine-tune, LoRA, gradient checkpointing, both.
+
+    .venv/bin/python benchmarks/memory_bench.py [--steps 2] [--json benchmarks/results/memory_cpu.json]
+
+One fixed shape on CPU: a random 2-layer Qwen3 student (hidden 256) and teacher (hidden 384) at the Qwen3
+vocabulary (151,936 rows), batch 8, up to 128 new tokens, 2 steps, fp32. Each variant is a fresh
+`poweropd train` process; its peak resident set (the kernel's ru_maxrss for that child, via os.wait4) is
+reported with the ratio to the full fine-tune. FSDP over several processes is not built yet (issue #15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import string
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+VARIANTS = {
+    "full fine-tune": [],
+    "LoRA r=8": ["--lora-rank", "8"],
+    "gradient checkpointing": ["--gradient-checkpointing"],
+    "LoRA r=8 + checkpointing": ["--lora-rank", "8", "--gradient-checkpointing"],
+}
+VOCAB = 151_936
+
+
+def make_pair(root: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(string.printable)))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    for name, hidden, seed in (("student", 256, 0), ("teacher", 384, 1)):
+        import torch
+
+        torch.manual_seed(seed)
+        config = Qwen3Config(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=hidden // 4,
+                             max_position_embeddings=1024, tie_word_embeddings=False)  # fmt: skip
+        Qwen3ForCausalLM(config).save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    rows = [{"problem": f"Compute {i} + {2 * i}."} for i in range(16)]
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def peak_mb(argv: list[str]) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "poweropd.cli", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(proc.stderr.read().decode()[-2000:])
+    return usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        make_pair(root)
+        base = ["train", "--student", str(root / "student"), "--teacher", str(root / "teacher"), "--data",
+                str(root / "prompts.jsonl"), "--batch-size", "8", "--max-new-tokens", "128", "--max-steps",
+                str(args.steps), "--save-every", "0", "--device", "cpu", "--no-progress"]  # fmt: skip
+        results = {}
+        print("| variant | peak RSS per process (MB) | vs full fine-tune |")
+        print("|---|---|---|")
+        for name, extra in VARIANTS.items():
+            results[name] = peak_mb([*base, "--output-dir", str(root / name.replace(" ", "_")), *extra])
+            ratio = results[name] / results["full fine-tune"]
+            print(f"| {name} | {results[name]:,.0f} | {ratio:.2f} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
