@@ -171,3 +171,18 @@ def test_a_nan_teacher_stops_the_run_naming_the_step_and_the_checkpoint(tiny_pai
     assert [r["train/step_skipped"] for r in _metrics(out)] == [1, 1]
     before = _weights(student)
     assert _same_weights(_weights(out / "checkpoints" / "step-2"), before)  # never updated
+
+
+def test_resume_compares_settings_as_yaml_wrote_them(tiny_pair, tmp_path, monkeypatch):
+    """With no setting allowed to change, resuming with the same flags is accepted: tuples (eval.benchmarks,
+    run.report_to) compare equal to the lists config.yaml holds."""
+    import poweropd.tracking as tracking
+
+    monkeypatch.setattr(tracking, "RESUMABLE_CHANGES", {})
+    out = tmp_path / "run"
+    argv = _args(tiny_pair, out, "--max-steps", "1", "--save-every", "1")
+    assert main(argv) == 0
+    assert main([*argv, "--resume"]) == 0
+    assert (
+        main([*_args(tiny_pair, out, "--max-steps", "2", "--save-every", "1"), "--resume"]) == 2
+    )  # a change

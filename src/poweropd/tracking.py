@@ -115,8 +115,10 @@ class RunDir:
         import yaml
 
         saved, now = yaml.safe_load(saved_path.read_text()) or {}, config.to_dict()
+        as_yaml = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 — YAML has no tuples
         for section, fields in now.items():
             for key, value in fields.items():
+                value = as_yaml(value)
                 old = saved.get(section, {}).get(key, value)
                 if old != value and key not in RESUMABLE_CHANGES.get(section, ()):
                     raise UserError(
