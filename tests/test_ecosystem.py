@@ -50,8 +50,12 @@ def test_problems_from_jsonl_parquet_and_a_dataset_folder_agree(tiny_pair, store
     ],
 )  # fmt: skip
 def test_dataset_errors_name_the_input(stores, source, kwargs, message, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets
+    import huggingface_hub.constants
+
+    # read at import time, so set where they are read (an offline machine only fails slower, after retries)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     name = "poweropd-tests/no-such-dataset" if source == "hub" else str(stores[source])
     with pytest.raises(UserError) as err:
         load_problems(name, **kwargs)
