@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .rollout import Rollouts, _PromptSampler, build_rollouts, left_pad
+from .rollout import Rollouts, _PromptSampler, build_rollouts
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,8 @@ class ContinuousBatchingSampler(_PromptSampler):
 
         cfg, model = self.config, self._engine_model
         param = next(model.parameters())
-        sampling = (
-            {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
-            if cfg.temperature > 0
-            else {"do_sample": False}
-        )
         generation = GenerationConfig(
-            **sampling, max_new_tokens=cfg.max_new_tokens, eos_token_id=list(cfg.stop_token_ids),
+            **cfg.generation_flags(), max_new_tokens=cfg.max_new_tokens, eos_token_id=list(cfg.stop_token_ids),
             pad_token_id=self.pad_token_id,
         )  # fmt: skip
         size = size_cache(model.config, param.dtype, param.device, tokens_wanted, page_size=self.page_size,
@@ -143,13 +138,12 @@ class ContinuousBatchingSampler(_PromptSampler):
     @torch.no_grad()
     def sample(self, prompt_ids: list[list[int]], n: int = 1) -> Rollouts:
         cfg = self.config
-        rows = [ids for ids in prompt_ids for _ in range(n)]
-        ids_BP, mask_BP = left_pad(rows, self.pad_token_id)
+        ids_BP, mask_BP = self._left_padded_rows(prompt_ids, n)
         if cfg.max_new_tokens == 0 or not prompt_ids:
             return build_rollouts(ids_BP, mask_BP, cfg.stop_token_ids, self.pad_token_id)
         self._sync_weights()
         if self._manager is None:
-            self._start(sum(len(p) + cfg.max_new_tokens for p in rows))
+            self._start(n * sum(len(p) + cfg.max_new_tokens for p in prompt_ids))
         manager = self._manager
         was_training = self.model.training
         self._engine_model.eval()
@@ -189,7 +183,7 @@ class ContinuousBatchingSampler(_PromptSampler):
         ]
         responses = [list(results[r].generated_tokens) for r in order]
         width = max(1, max(len(r) for r in responses))
-        response_BT = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        response_BT = torch.full((ids_BP.shape[0], width), self.pad_token_id, dtype=torch.long)
         for b, tokens in enumerate(responses):
             response_BT[b, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         device = next(self.model.parameters()).device

@@ -27,6 +27,18 @@ class SamplingConfig:
     top_k: int = 0  # 0 = no top-k filter; set explicitly because generation_config may default to 50
     stop_token_ids: tuple[int, ...] = ()
 
+    def generation_flags(self) -> dict:
+        """transformers' sampling flags for these settings; temperature 0 means greedy, and the sampling flags
+        are then left out (transformers warns about unused ones)."""
+        if self.temperature > 0:
+            return {
+                "do_sample": True,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "top_k": self.top_k,
+            }
+        return {"do_sample": False}
+
 
 @dataclass
 class Rollouts:
@@ -131,6 +143,10 @@ class _PromptSampler:
     def close(self) -> None:
         """Releases what the engine holds beyond the model (nothing, for a fixed-batch engine)."""
 
+    def _left_padded_rows(self, prompt_ids: list[list[int]], n: int) -> tuple[Tensor, Tensor]:
+        """(ids_BP, mask_BP) of every prompt repeated n times in a row (row i·n + k: sample k of prompt i)."""
+        return left_pad([ids for ids in prompt_ids for _ in range(n)], self.pad_token_id)
+
 
 class HFSampler(_PromptSampler):
     """Samples with ``model.generate`` from left-padded prompts."""
@@ -138,21 +154,14 @@ class HFSampler(_PromptSampler):
     @torch.no_grad()
     def sample(self, prompt_ids: list[list[int]], n: int = 1) -> Rollouts:
         device = next(self.model.parameters()).device
-        rows = [ids for ids in prompt_ids for _ in range(n)]
-        ids_BP, mask_BP = (t.to(device) for t in left_pad(rows, self.pad_token_id))
+        ids_BP, mask_BP = (t.to(device) for t in self._left_padded_rows(prompt_ids, n))
         cfg = self.config
         was_training = self.model.training
         self.model.eval()
-        # temperature 0 means greedy; sampling flags are then left out (transformers warns about unused ones)
-        sampling = (
-            {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k}
-            if cfg.temperature > 0
-            else {"do_sample": False}
-        )
         out_BL = self.model.generate(
             input_ids=ids_BP,
             attention_mask=mask_BP,
-            **sampling,
+            **cfg.generation_flags(),
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=list(cfg.stop_token_ids),
             pad_token_id=self.pad_token_id,
@@ -193,8 +202,7 @@ class DecodeLoopSampler(_PromptSampler):
 
         cfg, model = self.config, self.model
         device = next(model.parameters()).device
-        rows = [ids for ids in prompt_ids for _ in range(n)]
-        ids_BP, mask_BP = (t.to(device) for t in left_pad(rows, self.pad_token_id))
+        ids_BP, mask_BP = (t.to(device) for t in self._left_padded_rows(prompt_ids, n))
         stops = torch.tensor(cfg.stop_token_ids, device=device)
         was_training = model.training
         model.eval()
