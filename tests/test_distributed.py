@@ -17,7 +17,7 @@ import pytest
 WORKER = Path(__file__).parent / "_dist_worker.py"
 
 
-def _accelerate(*args, timeout=600):
+def _accelerate(*args, timeout=600, env=None):
     launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     cmd = [
         launcher,
@@ -33,7 +33,7 @@ def _accelerate(*args, timeout=600):
         "no",
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from poweropd.cli import main
 from poweropd.data import load_problems
@@ -202,3 +203,36 @@ def test_train_with_gradient_checkpointing_gives_the_same_run(tiny_pair, tmp_pat
     plain, ckpt = _rows(tmp_path / "plain"), _rows(tmp_path / "ckpt")
     for a, b in zip(plain, ckpt, strict=True):
         assert [a[k] for k in same] == pytest.approx([b[k] for k in same], rel=1e-5)
+
+
+def test_teacher_device_places_the_teacher_there_and_names_a_missing_one(
+    tiny_pair, tmp_path, monkeypatch, capsys
+):
+    """On this CPU machine the only other device name is the same device: the run is the same run, the teacher
+    loaded onto the named device; a GPU that is not there is a one-line error before anything is written."""
+    import poweropd.train as train_module
+
+    placed = {}
+    real = train_module.load_causal_lm
+
+    def spy(name, **kwargs):
+        placed[kwargs["what"]] = str(kwargs["device"])
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(train_module, "load_causal_lm", spy)
+    assert main(_train(tiny_pair, tiny_pair[2], tmp_path / "plain")) == 0
+    assert main(_train(tiny_pair, tiny_pair[2], tmp_path / "placed", "--teacher-device", "cpu:0")) == 0
+    assert placed["--teacher"] == "cpu:0"
+    timing = ("time/", "tokens_per_s", "memory/")
+    plain, placed_rows = ([{k: v for k, v in r.items() if not k.startswith(timing)} for r in _rows(tmp_path / run)]
+                          for run in ("plain", "placed"))  # fmt: skip
+    assert plain == placed_rows
+    missing = [("--teacher-device", f"cuda:{torch.cuda.device_count()}"), ("--teacher-device", "tpu")]
+    missing += [("--device", "cuda")] if not torch.cuda.is_available() else []
+    for flag, value in missing:
+        capsys.readouterr()
+        assert main(_train(tiny_pair, tiny_pair[2], tmp_path / "missing", flag, value)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"poweropd train: error: {flag} {value}: expected cpu, cuda or cuda:N of a visible GPU (this machine "
+                       f"has {torch.cuda.device_count()})"]  # fmt: skip
+        assert not (tmp_path / "missing").exists()

@@ -51,6 +51,7 @@ REQUIRED_METRICS = [
     "time/step_s",
     "tokens_per_s",
     "memory/peak_mb",
+    "memory/held_mb",
 ]
 
 

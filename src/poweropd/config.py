@@ -57,6 +57,9 @@ class ModelConfig:
     """peft target modules: all-linear (every linear layer but the output layer) or a comma list."""
     merge_lora: bool = False
     """Also write final-merged/: the base model with the adapter merged in."""
+    fsdp: bool = False
+    """Shard the student (weights, gradients, AdamW state) and the teacher over the processes with FSDP2
+    (sharding.py); needs 2 or more processes (accelerate launch or torchrun)."""
 
     def __post_init__(self):
         require(bool(self.student), "model.student (--student)", "a model id, folder or alias", self.student)
@@ -74,6 +77,8 @@ class ModelConfig:
         )
         require(not self.merge_lora or self.lora_rank > 0, "model.merge_lora (--merge-lora)", "--lora-rank > 0",
                 self.lora_rank)  # fmt: skip
+        require(not (self.fsdp and self.lora_rank), "model.lora_rank (--lora-rank) with --fsdp",
+                "0 (LoRA under FSDP is not supported)", self.lora_rank)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -80,9 +80,10 @@ def load_causal_lm(
     return model.to(device)
 
 
-def save_model(model, tokenizer, folder: str | Path) -> None:
-    """save_pretrained of a model (safetensors) and its tokenizer into one folder, loadable by name."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_model(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> None:
+    """save_pretrained of a model (safetensors) and its tokenizer into one folder, loadable by name;
+    ``state_dict``: the weights to write instead of the model's own (a sharded model's, gathered)."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
 
 
@@ -144,6 +145,23 @@ def check_capacity(student, teacher, *, tokenizer_size: int, longest_prompt: int
             f"{max_new_tokens} needs {needed} positions, beyond the models' context of {context} positions "
             "(expected shorter prompts or fewer new tokens)"
         )
+
+
+def check_device(name: str, flag: str) -> torch.device:
+    """``name`` as a torch device that this machine has (cpu, cuda, cuda:N), else a one-line error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    gpus = torch.cuda.device_count()
+    ok = device is not None and (
+        device.type == "cpu" or (device.type == "cuda" and (device.index or 0) < gpus)
+    )
+    if not ok:
+        raise UserError(
+            f"{flag} {name}: expected cpu, cuda or cuda:N of a visible GPU (this machine has {gpus})"
+        )
+    return device
 
 
 def enable_checkpointing(model) -> None:

@@ -56,6 +56,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def held_mb(modules, optimizer) -> float:
+    """MB of weights and optimizer state this process holds between steps (of a shard: its local part)."""
+
+    def local(t: Tensor) -> Tensor:
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    tensors = {id(p): local(p) for m in modules for p in m.parameters()}
+    tensors |= {
+        id(v): local(v) for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)
+    }
+    return sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20
+
+
 def step_metrics(
     result: UpdateResult, rollouts: Rollouts, comm: Collective, *, grad_norm: float, lr: float
 ) -> dict[str, float]:

@@ -32,19 +32,26 @@ class Scorer(Protocol):
 class HFScorer:
     """Scores rollouts with a frozen causal LM in eval mode, without gradients, on its own device."""
 
-    def __init__(self, model, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE):
+    def __init__(
+        self, model, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, forward=None
+    ):  # fmt: skip
+        """``forward(fn, *args)`` runs ``fn(model, *args)``: through FSDP's root when the teacher is sharded
+        (``sharding.ShardedModel.run_frozen``), a plain call otherwise."""
         self.model = model.eval().requires_grad_(False)
         self.temperature, self.chunk_size = temperature, chunk_size
+        self.forward = forward or (lambda fn, *args: fn(self.model, *args))
 
     @torch.no_grad()
     def score(self, rollouts: Rollouts, *, keep_hidden: bool = False, logprobs: bool = True) -> TeacherScores:
-        device = next(self.model.parameters()).device
-        r = rollouts.to(device)
-        hidden_BTH = response_hidden_states(self.model, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
+        r = rollouts.to(next(self.model.parameters()).device)
+        return self.forward(self._score, r, keep_hidden, logprobs)
+
+    def _score(self, model, r: Rollouts, keep_hidden: bool, logprobs: bool) -> TeacherScores:
+        hidden_BTH = response_hidden_states(model, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
         logp_BT = None
         if logprobs:
             logp_BT, _ = chunked_token_logprobs(
-                output_layer(self.model),
+                output_layer(model),
                 hidden_BTH,
                 r.response_ids_BT,
                 temperature=self.temperature,

@@ -170,15 +170,19 @@ class RunDir:
         return max(steps)[1] if steps else None
 
     def save_checkpoint(
-        self, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], *, keep_last: int = 0
-    ) -> Path:
+        self, step: int, model, tokenizer, optimizer, scheduler, state: dict[str, Any], *, keep_last: int = 0,
+        weights: dict | None = None, optimizer_state: dict | None = None,
+    ) -> Path:  # fmt: skip
+        """``weights`` / ``optimizer_state``: the whole state dicts when the model is sharded (sharding.py)."""
         final = self.path / "checkpoints" / f"step-{step}"
         if not self.is_main:
             return final
 
         def write(tmp: Path) -> None:
-            save_model(model, tokenizer, tmp)
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            save_model(model, tokenizer, tmp, state_dict=weights)
+            torch.save(
+                optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt"
+            )
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             kill_point("checkpoint", step)
             torch.save(rng_state(), tmp / "rng.pt")
@@ -207,7 +211,7 @@ class RunDir:
             removed.append(path.name)
         return removed
 
-    def save_final(self, model, tokenizer, *, merged: bool = False) -> Path:
+    def save_final(self, model, tokenizer, *, merged: bool = False, weights: dict | None = None) -> Path:
         """``final/`` (the student, or its LoRA adapter) and, with ``merged``, ``final-merged/``."""
         final = self.path / "final"
         if self.is_main and merged:
@@ -223,7 +227,9 @@ class RunDir:
             _written(
                 self.path,
                 final,
-                lambda: atomic_folder(final, functools.partial(save_model, model, tokenizer), replace=True),
+                lambda: atomic_folder(
+                    final, functools.partial(save_model, model, tokenizer, state_dict=weights), replace=True
+                ),
             )
         return final
 
@@ -282,8 +288,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_training_state(checkpoint: Path, optimizer, scheduler) -> dict[str, Any]:
+def load_training_state(checkpoint: Path, optimizer, scheduler, load_optimizer=None) -> dict[str, Any]:
     """Restore optimizer, scheduler and RNG from a checkpoint; returns its state.json.
+
+    ``load_optimizer(optimizer, state)``: how a sharded run loads its optimizer state (sharding.py).
 
     Only tensors and plain containers are unpickled (``weights_only=True``); a file that is missing, cut
     short or not ours is a one-line error naming it.
@@ -299,7 +307,7 @@ def load_training_state(checkpoint: Path, optimizer, scheduler) -> dict[str, Any
             ) from None
 
     try:
-        optimizer.load_state_dict(load("optimizer.pt"))
+        (load_optimizer or type(optimizer).load_state_dict)(optimizer, load("optimizer.pt"))
         scheduler.load_state_dict(load("scheduler.pt"))
     except UserError:
         raise

@@ -29,7 +29,8 @@ Where we depart from the paper's code (EIT-NLP/PowerOPD, a fork of TRL's GOLD tr
   ``--token-select entropy:K`` trains on the top K of each micro-batch's tokens by student entropy.
 - Data parallelism all-reduces gradients explicitly (sum of per-process ``Σ/N_global`` losses) instead
   of wrapping the student in DDP, because the forward pass calls the decoder body and the output layer
-  separately.
+  separately. ``--fsdp`` shards the student and teacher with FSDP2 instead; its reduce-scatter sums the
+  same way (sharding.py: why the micro-batch loss is the FSDP root's forward, and the rollout copy).
 - With ``--dtype bfloat16`` the student keeps float32 master weights under bf16 autocast: at lr 5e-7 a
   pure-bf16 AdamW update would round to zero for most weights.
 - The learning rate warms up linearly over ``warmup_ratio · max_steps`` steps starting from lr/warmup at
@@ -40,6 +41,7 @@ Where we depart from the paper's code (EIT-NLP/PowerOPD, a fork of TRL's GOLD tr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import time
@@ -50,6 +52,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from . import sharding
 from .adapters import attach_lora, base_model
 from .config import OptimConfig, TrainConfig
 from .data import DataOrder, encode_prompts, load_problems
@@ -61,6 +64,7 @@ from .logprobs import chunked_token_logprobs
 from .losses import MicroBatch, Objective, make_objective
 from .models import (
     check_capacity,
+    check_device,
     check_pair,
     enable_checkpointing,
     load_causal_lm,
@@ -70,7 +74,7 @@ from .models import (
     stop_token_ids,
 )
 from .rollout import Rollouts, SamplingConfig
-from .step_metrics import UpdateResult, gathered_positions, peak_memory_mb, step_metrics
+from .step_metrics import UpdateResult, gathered_positions, held_mb, peak_memory_mb, step_metrics
 from .teacher import HFScorer, TeacherScores
 from .tracking import RunDir, load_training_state
 
@@ -109,13 +113,16 @@ def compute_gradients(
     vocab_size: int | None = None,
     comm: Collective | None = None,
     autocast_dtype: torch.dtype | None = None,
+    forward: Callable | None = None,
 ) -> UpdateResult:
     """Fill ``.grad`` of the student with the gradient of the batch loss, summed over processes.
 
     ``rollouts`` and ``teacher`` hold this process's share of the batch; the loss is normalised by the valid
-    tokens of the whole batch, so the result equals one big single-process batch.
+    tokens of the whole batch, so the result equals one big single-process batch. ``forward(fn, *args)`` runs
+    ``fn(student, *args)``: a plain call, or through FSDP's root when the student is sharded (sharding.py).
     """
     comm = comm or SingleProcess()
+    forward = forward or (lambda fn, *args: fn(student, *args))
     device = next(student.parameters()).device
     rollouts = rollouts.to(device)
     mask_BT = rollouts.loss_mask(include_stop_token)
@@ -129,24 +136,27 @@ def compute_gradients(
     batch_reward_fn = _batch_reward_fn(objective, comm) if objective.needs_batch_statistics else None
     rewards_BT = None
     if batch_reward_fn is not None and len(micro) > 1:  # batch statistics before the first backward
-        rewards_BT = _precomputed_rewards(student, rollouts, micro, teacher_logp_BT, mask_BT, batch_reward_fn,
+        rewards_BT = _precomputed_rewards(forward, rollouts, micro, teacher_logp_BT, mask_BT, batch_reward_fn,
                                           temperature=temperature, chunk_size=chunk_size, amp=amp)  # fmt: skip
+
+    def micro_batch_loss(model, s: slice):
+        mb = rollouts.select(s)
+        hidden_BTH = response_hidden_states(model, mb.input_ids_BL, mb.attention_mask_BL, mb.prompt_len)
+        return objective.micro_batch_loss(
+            MicroBatch(
+                output_layer(model), hidden_BTH, mb.response_ids_BT, mask_BT[s], num_tokens,
+                teacher_logp_BT=None if teacher_logp_BT is None else teacher_logp_BT[s],
+                teacher_head=teacher_output_layer,
+                teacher_hidden_BTH=None if teacher.hidden_BTH is None else teacher.hidden_BTH[s],
+                reward_BT=None if rewards_BT is None else rewards_BT[s],
+                reward_fn=batch_reward_fn, temperature=temperature, chunk_size=chunk_size, vocab_size=vocab_size,
+            )
+        )  # fmt: skip
 
     loss_total, outs = 0.0, []
     for s in micro:
-        mb = rollouts.select(s)
         with amp:
-            hidden_BTH = response_hidden_states(student, mb.input_ids_BL, mb.attention_mask_BL, mb.prompt_len)
-            loss, out = objective.micro_batch_loss(
-                MicroBatch(
-                    output_layer(student), hidden_BTH, mb.response_ids_BT, mask_BT[s], num_tokens,
-                    teacher_logp_BT=None if teacher_logp_BT is None else teacher_logp_BT[s],
-                    teacher_head=teacher_output_layer,
-                    teacher_hidden_BTH=None if teacher.hidden_BTH is None else teacher.hidden_BTH[s],
-                    reward_BT=None if rewards_BT is None else rewards_BT[s],
-                    reward_fn=batch_reward_fn, temperature=temperature, chunk_size=chunk_size, vocab_size=vocab_size,
-                )
-            )  # fmt: skip
+            loss, out = forward(micro_batch_loss, s)
         loss.backward()
         loss_total += loss.item()
         outs.append(out)
@@ -175,17 +185,18 @@ def _batch_reward_fn(objective: Objective, comm: Collective) -> Callable[[Tensor
     return reward
 
 
-def _precomputed_rewards(student, rollouts, micro, teacher_logp_BT, mask_BT, reward_fn, *, temperature,
+def _precomputed_rewards(forward, rollouts, micro, teacher_logp_BT, mask_BT, reward_fn, *, temperature,
                          chunk_size, amp) -> Tensor:  # fmt: skip
     """Batch-statistic rewards with several micro-batches: one extra no-grad student pass over the batch."""
-    logps = []
+
+    def token_logprobs(model, s: slice) -> Tensor:
+        mb = rollouts.select(s)
+        hidden_BTH = response_hidden_states(model, mb.input_ids_BL, mb.attention_mask_BL, mb.prompt_len)
+        return chunked_token_logprobs(output_layer(model), hidden_BTH, mb.response_ids_BT,
+                                      temperature=temperature, chunk_size=chunk_size)[0]  # fmt: skip
+
     with torch.no_grad(), amp:
-        for s in micro:
-            mb = rollouts.select(s)
-            hidden_BTH = response_hidden_states(student, mb.input_ids_BL, mb.attention_mask_BL, mb.prompt_len)
-            logp_BT, _ = chunked_token_logprobs(output_layer(student), hidden_BTH, mb.response_ids_BT,
-                                                temperature=temperature, chunk_size=chunk_size)  # fmt: skip
-            logps.append(logp_BT)
+        logps = [forward(token_logprobs, s) for s in micro]
     return reward_fn(teacher_logp_BT, torch.cat(logps), mask_BT)
 
 
@@ -207,14 +218,19 @@ def train(
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    check_device(cfg.model.device, "--device")  # accelerate would fall back to the CPU without a word
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
-    comm = AcceleratorCollective(accelerator)
+    fsdp = cfg.model.fsdp
+    comm = (sharding.ShardedCollective if fsdp else AcceleratorCollective)(accelerator)
     device = accelerator.device
     run = RunDir(cfg.run.output_dir, is_main=accelerator.is_main_process)
     if cfg.run.batch_size % comm.world_size:
         raise UserError(
             f"--batch-size {cfg.run.batch_size}: expected a multiple of the {comm.world_size} processes"
         )
+    if fsdp and comm.world_size < 2:
+        raise UserError("--fsdp: expected 2 or more processes (accelerate launch --num_processes N or torchrun); "
+                        "one process holds the whole model without it")  # fmt: skip
     per_process_batch = cfg.run.batch_size // comm.world_size
     micro_batch_size = min(cfg.run.micro_batch_size or per_process_batch, per_process_batch)
 
@@ -238,20 +254,31 @@ def train(
     student.train()
     if cfg.model.gradient_checkpointing:  # each decoder layer recomputed in the backward pass
         enable_checkpointing(student)
-    teacher_device = cfg.model.teacher_device or device
+    teacher_device = (
+        check_device(cfg.model.teacher_device, "--teacher-device") if cfg.model.teacher_device else device
+    )
     teacher = load_causal_lm(
         cfg.model.teacher, dtype=cfg.model.dtype, device=teacher_device, what="--teacher", **remote
     )
     check_capacity(student, teacher, tokenizer_size=len(student_tok), longest_prompt=max(map(len, prompt_ids)),
                    max_new_tokens=cfg.rollout.max_new_tokens, names=(cfg.model.student, cfg.model.teacher),
                    data=cfg.run.data)  # fmt: skip
+    # FSDP: the student sharded (generation on an unsharded copy), the teacher too unless on its own device
+    sharded = sharded_teacher = rollout_copy = None
+    if fsdp:
+        mesh = sharding.device_mesh(device, comm.world_size)
+        rollout_copy = sharding.RolloutCopy(student, torch.bfloat16 if bf16 else None)
+        sharded = sharding.shard(student, mesh)
+        if cfg.model.teacher_device is None:
+            sharded_teacher = sharding.shard(teacher.eval().requires_grad_(False), mesh)
 
     optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], cfg.optim, device)
     warmup_steps = math.ceil(cfg.optim.warmup_ratio * cfg.run.max_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_constant(warmup_steps))
     start_step, state = 0, {}
     if checkpoint is not None:
-        state = load_training_state(checkpoint, optimizer, scheduler)
+        state = load_training_state(checkpoint, optimizer, scheduler,
+                                    sharding.load_optimizer_state(sharded) if fsdp else None)  # fmt: skip
         start_step = state["step"]
     run.create(cfg)
     run.truncate_logs(start_step)
@@ -267,9 +294,13 @@ def train(
         top_k=cfg.rollout.top_k,
         stop_token_ids=tuple(stop_token_ids(student_tok)),
     )
-    sampler = make_sampler(cfg.rollout.engine, base_model(student), student_tok.pad_token_id, sampling,
-                           dtype=torch.bfloat16 if bf16 else None)  # fmt: skip
-    scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size)
+    sampler = make_sampler(cfg.rollout.engine, rollout_copy.model if fsdp else base_model(student),
+                           student_tok.pad_token_id, sampling, dtype=torch.bfloat16 if bf16 and not fsdp else None)  # fmt: skip
+    scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size,
+                      forward=sharded_teacher.run_frozen if sharded_teacher else None)  # fmt: skip
+    held = [student, teacher, *([rollout_copy.model] if fsdp else [])]  # for memory/held_mb
+    # the model the sampler and the evaluator see: the student, or its unsharded copy brought up to date
+    rollout_model = (lambda: rollout_copy.sync(sharded)) if fsdp else (lambda: base_model(student))
     order = DataOrder(len(prompt_ids), cfg.run.seed)
     amp_dtype = torch.bfloat16 if bf16 else None
     evaluator = _make_evaluator(cfg, student_tok, eval_problems) if cfg.eval.every else None
@@ -289,6 +320,7 @@ def train(
 
             # 1. sample --------------------------------------------------------------------------------
             batch = order.indices(step, cfg.run.batch_size, comm.rank, comm.world_size)
+            rollout_model()  # FSDP: the rollout copy takes this step's weights
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 rollouts = sampler.sample([prompt_ids[i] for i in batch])
             kill_point("sample", step)
@@ -299,13 +331,16 @@ def train(
             t_score = time.perf_counter()
 
             # 3. reward + 4. update --------------------------------------------------------------------
-            result = compute_gradients(
-                student, rollouts, teacher_scores, objective, micro_batch_size=micro_batch_size,
-                include_stop_token=cfg.rollout.include_stop_token, temperature=cfg.rollout.temperature,
-                chunk_size=cfg.run.chunk_size, teacher_output_layer=output_layer(teacher),
-                vocab_size=len(student_tok), comm=comm, autocast_dtype=amp_dtype,
-            )  # fmt: skip
-            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
+            with sharded_teacher.gathered() if full_kl and sharded_teacher else contextlib.nullcontext():
+                result = compute_gradients(
+                    student, rollouts, teacher_scores, objective, micro_batch_size=micro_batch_size,
+                    include_stop_token=cfg.rollout.include_stop_token, temperature=cfg.rollout.temperature,
+                    chunk_size=cfg.run.chunk_size, teacher_output_layer=output_layer(teacher),
+                    vocab_size=len(student_tok), comm=comm, autocast_dtype=amp_dtype, forward=sharded,
+                )  # fmt: skip
+            grad_norm = sharding.full_tensor(
+                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
+            )
             kill_point("update", step)
             # a NaN/inf step leaves the weights and AdamW state alone; the schedule follows the step count
             if guard.check(result.loss, grad_norm.item()):
@@ -332,6 +367,7 @@ def train(
                     "time/step_s": t_update - t0,
                     "tokens_per_s": metrics["response_length/sum"] / (t_update - t0),
                     "memory/peak_mb": peak_memory_mb(device),
+                    "memory/held_mb": held_mb(held, optimizer),
                     "train/skipped_steps": guard.skipped,
                     "train/step_skipped": int(guard.consecutive > 0),
                 }
@@ -339,7 +375,7 @@ def train(
             if step == 1 or step % cfg.run.positions_every == 0:
                 run.log_positions(step, gathered_positions(result, comm))
             if evaluator is not None and (step % cfg.eval.every == 0 or step == cfg.run.max_steps):
-                metrics.update(evaluator(base_model(student)))
+                metrics.update(evaluator(rollout_model()))
             run.log_metrics(step, metrics)
             kill_point("logged", step)
             bar.set_postfix(
@@ -353,8 +389,10 @@ def train(
             due = cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.max_steps)
             if due or signalled:
                 state = {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed, **guard.state()}
+                whole = dict(weights=sharding.model_state(sharded),
+                             optimizer_state=sharding.optimizer_state(sharded, optimizer)) if fsdp else {}  # fmt: skip
                 saved = run.save_checkpoint(step, student, student_tok, optimizer, scheduler, state,
-                                            keep_last=cfg.run.keep_last)  # fmt: skip
+                                            keep_last=cfg.run.keep_last, **whole)  # fmt: skip
             accelerator.wait_for_everyone()
             if signalled:
                 raise Interrupted(stop.signum or signal.SIGTERM, step, saved)
@@ -363,7 +401,8 @@ def train(
     finally:
         stop.restore()
         sampler.close()
-    final = run.save_final(student, student_tok, merged=cfg.model.merge_lora)
+    weights = sharding.model_state(sharded) if fsdp else None
+    final = run.save_final(student, student_tok, merged=cfg.model.merge_lora, weights=weights)
     run.close()
     accelerator.wait_for_everyone()
     return final

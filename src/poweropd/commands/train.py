@@ -8,6 +8,7 @@ A YAML preset (--config, see configs/) sets any field; flags override it.
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import UserError
 
@@ -47,6 +48,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "lora_dropout": ("model", "lora_dropout"),
     "lora_target_modules": ("model", "lora_target_modules"),
     "merge_lora": ("model", "merge_lora"),
+    "fsdp": ("model", "fsdp"),
     "lr": ("optim", "lr"),
     "eval_every": ("eval", "every"),
     "eval_benchmarks": ("eval", "benchmarks"),
@@ -145,6 +147,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also write final-merged/, the adapter merged in",
     )
+    a("--fsdp", action="store_true", default=None,
+      help="shard the student and teacher over the processes with FSDP2 (2+ processes: accelerate launch)")  # fmt: skip
     a("--gradient-checkpointing", action="store_true", default=None,
       help="recompute the student's decoder layers in the backward pass (less memory, ~1 more forward)")  # fmt: skip
     a("--trust-remote-code", action="store_true", default=None,
@@ -191,5 +195,6 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as stop:  # SIGTERM / Ctrl-C: a checkpoint of the last step is on disk
         sys.stderr.write(f"poweropd train: {stop}\n")
         return 128 + stop.signum
-    print(f"trained student: {final}")
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process of a multi-process run
+        print(f"trained student: {final}")
     return 0
