@@ -174,3 +174,41 @@ def test_decode_loop_stops_rows_and_truncates_at_the_cap():
     assert r.response_lengths_B.tolist() == [5, 1, 5, 1]
     assert r.truncated_B.tolist() == [True, False, True, False]
     assert r.response_ids_BT[0].tolist() == [7] * 5 and r.response_ids_BT[1].tolist() == [2, 0, 0, 0, 0]
+
+
+def test_no_engine_samples_an_output_row_beyond_the_tokenizer(tiny_pair):
+    """The teacher of tiny_pair has 7 output rows beyond the tokenizer (as Qwen3 has 267); a hook lifts their
+    logits by 50, so that an unrestricted sampler emits them almost always. With ``vocab_size`` no engine emits
+    one, and the decode loop still samples what ``generate`` samples for a seed."""
+    from conftest import make_char_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    from poweropd.continuous import ContinuousBatchingSampler
+    from poweropd.rollout import DecodeLoopSampler
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair[1])
+    V = len(make_char_tokenizer())
+    assert model.config.vocab_size == V + 7
+    lift = torch.zeros(V + 7)
+    lift[V:] = 50.0
+    model.lm_head.register_forward_hook(lambda module, args, logits: logits + lift)
+    prompts = [[1, 40, 41, 42, 43], [1, 50]] * 4
+
+    def sampled(rollouts):
+        return rollouts.response_ids_BT[rollouts.response_mask_BT]
+
+    torch.manual_seed(0)
+    free = sampled(
+        HFSampler(model, 0, SamplingConfig(max_new_tokens=6, stop_token_ids=STOPS)).sample(prompts)
+    )
+    assert (free >= V).float().mean() > 0.9  # the hook works: unrestricted, the padding rows win
+    config = SamplingConfig(max_new_tokens=6, stop_token_ids=STOPS, vocab_size=V)
+    runs = {}
+    for engine in (HFSampler, DecodeLoopSampler, ContinuousBatchingSampler):
+        sampler = engine(model, 0, config)
+        torch.manual_seed(1)
+        runs[engine.__name__] = sampler.sample(prompts)
+        sampler.close()
+        assert sampled(runs[engine.__name__]).max() < V, engine.__name__
+    a, b = runs["DecodeLoopSampler"].input_ids_BL, runs["HFSampler"].input_ids_BL
+    assert torch.equal(a, b[:, : a.shape[1]])

@@ -320,7 +320,7 @@ class EvalConfig:
             self.engine,
         )
 
-    def sampling(self, stop_ids: list[int]):
+    def sampling(self, stop_ids: list[int], vocab_size: int | None = None):
         from .rollout import SamplingConfig
 
         return SamplingConfig(
@@ -329,6 +329,7 @@ class EvalConfig:
             top_p=self.top_p,
             top_k=0,  # explicit: a model's generation_config may carry top_k=50
             stop_token_ids=tuple(stop_ids),
+            vocab_size=vocab_size,
         )
 
 

@@ -95,7 +95,7 @@ class ContinuousBatchingSampler(_PromptSampler):
         cfg, model = self.config, self._engine_model
         param = next(model.parameters())
         generation = GenerationConfig(
-            **cfg.generation_flags(), max_new_tokens=cfg.max_new_tokens, eos_token_id=list(cfg.stop_token_ids),
+            **cfg.generation_flags(model.config.vocab_size), max_new_tokens=cfg.max_new_tokens, eos_token_id=list(cfg.stop_token_ids),
             pad_token_id=self.pad_token_id,
         )  # fmt: skip
         size = size_cache(model.config, param.dtype, param.device, tokens_wanted, page_size=self.page_size,

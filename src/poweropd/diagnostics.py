@@ -276,6 +276,7 @@ def sample_and_score(
         top_p=1.0,
         top_k=0,
         stop_token_ids=tuple(stop_token_ids(tokenizer)),
+        vocab_size=len(tokenizer),
     )
     sampler = make_sampler(engine, student, tokenizer.pad_token_id, config)
     scorer = HFScorer(teacher)

@@ -93,7 +93,7 @@ def evaluate_model(
     stop_ids = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
-    sampler = make_sampler(cfg.engine, model, pad_id, cfg.sampling(stop_ids))
+    sampler = make_sampler(cfg.engine, model, pad_id, cfg.sampling(stop_ids, len(tokenizer)))
     fork_devices = [device] if device.type == "cuda" else []
     comm = comm or SingleProcess()
 

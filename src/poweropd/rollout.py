@@ -26,18 +26,25 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k filter; set explicitly because generation_config may default to 50
     stop_token_ids: tuple[int, ...] = ()
+    vocab_size: int | None = None
+    """Sample only ids below this (the tokenizer's size): an output layer padded beyond the tokenizer (Qwen3:
+    151,936 rows for 151,669 tokens) would otherwise emit ids that the tokenizer cannot decode and that the
+    full-vocabulary loss, which compares the models over the tokenizer's range, does not cover."""
 
-    def generation_flags(self) -> dict:
-        """transformers' sampling flags for these settings; temperature 0 means greedy, and the sampling flags
-        are then left out (transformers warns about unused ones)."""
+    def generation_flags(self, rows: int | None = None) -> dict:
+        """transformers' sampling flags for these settings and a model of ``rows`` output rows; temperature 0
+        means greedy, and the sampling flags are then left out (transformers warns about unused ones)."""
+        flags = {"do_sample": False}
         if self.temperature > 0:
-            return {
+            flags = {
                 "do_sample": True,
                 "temperature": self.temperature,
                 "top_p": self.top_p,
                 "top_k": self.top_k,
             }
-        return {"do_sample": False}
+        if self.vocab_size is not None and rows is not None and rows > self.vocab_size:
+            flags["suppress_tokens"] = list(range(self.vocab_size, rows))
+        return flags
 
 
 @dataclass
@@ -161,7 +168,7 @@ class HFSampler(_PromptSampler):
         out_BL = self.model.generate(
             input_ids=ids_BP,
             attention_mask=mask_BP,
-            **cfg.generation_flags(),
+            **cfg.generation_flags(self.model.config.vocab_size if cfg.vocab_size is not None else None),
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=list(cfg.stop_token_ids),
             pad_token_id=self.pad_token_id,
@@ -224,6 +231,8 @@ class DecodeLoopSampler(_PromptSampler):
         new_tokens = []
         for _ in range(cfg.max_new_tokens):
             logits_BV = out.logits[:, -1].float()
+            if cfg.vocab_size is not None:  # as generate's suppress_tokens: the same width, the same draws
+                logits_BV[:, cfg.vocab_size :] = float("-inf")
             if cfg.temperature > 0:
                 logits_BV = filter_logits(logits_BV / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
                 next_B = torch.multinomial(logits_BV.softmax(-1), num_samples=1).squeeze(1)

@@ -293,6 +293,7 @@ def train(
         top_p=cfg.rollout.top_p,
         top_k=cfg.rollout.top_k,
         stop_token_ids=tuple(stop_token_ids(student_tok)),
+        vocab_size=len(student_tok),
     )
     sampler = make_sampler(cfg.rollout.engine, rollout_copy.model if fsdp else base_model(student),
                            student_tok.pad_token_id, sampling, dtype=torch.bfloat16 if bf16 and not fsdp else None)  # fmt: skip
