@@ -258,11 +258,17 @@ def test_shipped_models_are_used_without_training_and_score_what_they_claim(tmp_
 
 
 def test_retraining_a_shipped_config_goes_to_the_cache(tmp_path, monkeypatch):
-    """--retrain-task-models never writes into the package: a retrained model lands in the cache."""
+    """--retrain-task-models never writes into the package: a retrained model lands in the cache. (Small splits
+    and a short evaluation cap: the caching is what is tested; the default 300 test problems × 64 tokens made
+    this test 2 min 18 s of CI.)"""
     monkeypatch.setenv("POWEROPD_CACHE", str(tmp_path))
     config = TaskConfig(
         teacher_sft=SFTConfig(steps=3, lr=1e-3, warmup_steps=1),
         student_sft=SFTConfig(steps=3, lr=1e-3, warmup_steps=1),
+        n_test=16,
+        n_validation=8,
+        n_train=32,
+        eval_max_new_tokens=8,
     )
     task = prepare_task_models(config, progress=False)
     assert not task.shipped and task.teacher_dir.is_relative_to(tmp_path)
