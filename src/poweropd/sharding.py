@@ -20,7 +20,8 @@ through the sharded model would all-gather every layer at every decode step.
 
 Checkpoints. Full state dicts gathered to the main process (``torch.distributed.checkpoint.state_dict``):
 the student is the same Hugging Face folder as without FSDP; the optimizer state is keyed by parameter name
-(``optimizer.pt``), so an FSDP run resumes under FSDP with any number of processes.
+(``optimizer.pt``) and loaded back into whatever shards the resumed run has (tested with the same number of
+processes).
 """
 
 from __future__ import annotations
