@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import string
 import subprocess
 import sys
 import tempfile
@@ -34,17 +33,10 @@ VOCAB = 151_936
 
 
 def make_pair(root: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from stepbench.common import char_tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + sorted(set(string.printable)))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    tokenizer = char_tokenizer()
     for name, hidden, seed in (("student", 256, 0), ("teacher", 384, 1)):
         import torch
 

@@ -59,22 +59,9 @@ LR, BATCH, THREADS = 1e-5, 8, 2
 # ---------------------------------------------------------------------------------------------------------------
 def make_tokenizer():
     """Characters as tokens, padded with unused tokens to Qwen3's tokenizer size, with a ChatML template."""
-    import string
+    from stepbench.common import char_tokenizer
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    words = specials + sorted(set(string.printable))
-    words += [f"<unused{i}>" for i in range(TOKENIZER_SIZE - len(words))]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.chat_template = CHATML
-    return tokenizer
+    return char_tokenizer(TOKENIZER_SIZE, CHATML)
 
 
 def make_setup(root: Path, n_prompts: int = 64) -> None:
@@ -193,7 +180,7 @@ def run_trl(name: str, root: Path, steps: int, new_tokens: int, out: Path) -> di
     student = AutoModelForCausalLM.from_pretrained(root / "student", dtype=torch.float32)
     teacher = AutoModelForCausalLM.from_pretrained(root / "teacher", dtype=torch.float32)
     times: dict[str, list[float]] = {"generate": [], "score": [], "t0": [], "t1": []}
-    memory, lengths = Memory(), []
+    memory = Memory()
 
     def timed(owner, method: str, key: str, when=lambda *a, **k: True) -> None:
         inner = getattr(owner, method)

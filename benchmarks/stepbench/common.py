@@ -60,6 +60,27 @@ class BenchConfig:
 # ---------------------------------------------------------------------------------------------------
 # Models and batch
 # ---------------------------------------------------------------------------------------------------
+def char_tokenizer(size: int | None = None, chat_template: str | None = None):
+    """Printable characters as tokens after Qwen-style specials (``<|im_end|>`` EOS, ``<|endoftext|>`` pad);
+    ``size`` pads the vocabulary with unused tokens (e.g. to Qwen3's 151,669), ``chat_template`` sets one."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *sorted(set(string.printable))]
+    words += [f"<unused{i}>" for i in range((size or 0) - len(words))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
 def make_model(shape: str, vocab: int, *, seed: int, device: str, dtype):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
