@@ -94,11 +94,32 @@ class RolloutConfig:
     include_stop_token: bool = False
     """Train on the final stop token too (the paper leaves it out)."""
     engine: str = "generate"
-    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous or auto."""
+    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous, vllm or auto."""
+    vllm_kv_cache_gb: float | None = None
+    """vllm on CPU: GiB of KV cache (vllm_engine.VLLMOptions; default: what a step needs, at most 2)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vllm on CUDA: fraction of the GPU the engine may take; the trainer holds the rest."""
+    vllm_enforce_eager: bool | None = None
+    """vllm: no torch.compile / CUDA graphs; default: eager on CPU, graphs on CUDA."""
+    vllm_sleep: bool = False
+    """vllm on CUDA: free the engine's weights and KV cache between rollouts (sleep mode)."""
+    vllm_max_model_len: int | None = None
+    """vllm: longest prompt + response the engine accepts (default: the first step's need, at least 2048)."""
+
+    @property
+    def vllm(self):
+        """The vLLM engine's settings (speed and memory only, never the samples)."""
+        from .vllm_engine import VLLMOptions
+
+        return VLLMOptions(
+            kv_cache_gb=self.vllm_kv_cache_gb, gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+            enforce_eager=self.vllm_enforce_eager, sleep=self.vllm_sleep, max_model_len=self.vllm_max_model_len,
+        )  # fmt: skip
 
     def __post_init__(self):
         from .engines import ENGINES
 
+        _ = self.vllm  # VLLMOptions checks its own fields
         require(
             self.max_new_tokens >= 1,
             "rollout.max_new_tokens (--max-new-tokens)",
@@ -284,8 +305,9 @@ class EvalConfig:
     seed: int = 0
     """Sampling seed, reset before each benchmark so a benchmark's results do not depend on the others."""
     engine: str = "generate"
-    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous or auto. A streaming
-    engine (continuous) takes every problem × n of a benchmark in one call; batch_size then does not apply."""
+    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous, vllm or auto. A
+    streaming engine (continuous, vllm) takes every problem × n of a benchmark in one call; batch_size then does
+    not apply."""
 
     def __post_init__(self):
         from .engines import ENGINES

@@ -80,7 +80,8 @@ class ContinuousBatchingSampler(_PromptSampler):
             self._engine_model = copy.deepcopy(model).to(dtype)
         self._manager = None
 
-    def _sync_weights(self) -> None:
+    def sync_weights(self) -> None:
+        """The bf16 copy (if any) takes the model's weights; also done before every call."""
         if self._engine_model is not self.model:
             with torch.no_grad():
                 for mine, theirs in zip(
@@ -141,7 +142,7 @@ class ContinuousBatchingSampler(_PromptSampler):
         ids_BP, mask_BP = self._left_padded_rows(prompt_ids, n)
         if cfg.max_new_tokens == 0 or not prompt_ids:
             return build_rollouts(ids_BP, mask_BP, cfg.stop_token_ids, self.pad_token_id)
-        self._sync_weights()
+        self.sync_weights()
         if self._manager is None:
             self._start(n * sum(len(p) + cfg.max_new_tokens for p in prompt_ids))
         manager = self._manager

@@ -120,6 +120,7 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     task = prepare_task_models(
         TaskConfig(seed=cfg.task_seed), retrain=cfg.retrain_task_models, progress=progress
     )
+    _check_engine(cfg.rollout_engine, task)
     validation = _problems(task.validation_jsonl, cfg.validation_problems)
     test = _problems(task.test_jsonl, cfg.test_problems)
     results: dict = {
@@ -164,6 +165,18 @@ def run_demo(cfg: DemoConfig, *, progress: bool = True) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "report.md").write_text(demo_report.report(results))
     return results
+
+
+def _check_engine(engine: str, task) -> None:
+    """``--rollout-engine vllm`` on models vLLM cannot run is one line here, not a failure in every worker."""
+    if engine != "vllm":
+        return
+    from .tasks.sft import load_task_model
+    from .vllm_engine import check_supported
+
+    for name, folder in (("student", task.student_dir), ("teacher", task.teacher_dir)):
+        model, _ = load_task_model(folder)
+        check_supported(model, "cpu", f"the task {name} ({_shown(folder)})")
 
 
 def _shown(path: Path) -> str:

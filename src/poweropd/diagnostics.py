@@ -253,11 +253,13 @@ def sample_and_score(
     samples_per_prompt: int = 1,
     batch_size: int = 8,
     engine: str = "generate",
+    vllm=None,
 ) -> ScoredRollouts:
     """Sample student rollouts as training does and score every token with both models.
 
     Prompts go through ``encode_prompts`` (chat template), sampling through the ``engine`` sampler
-    (engines.py; a streaming one takes every prompt at once, the others ``batch_size`` rollouts) with top_p=1,
+    (engines.py, with ``vllm`` its VLLMOptions; a streaming one takes every prompt at once, the others
+    ``batch_size`` rollouts) with top_p=1,
     top_k=0 and the tokenizer's stop tokens; scoring goes ``batch_size`` rollouts at a time; the mask is
     ``Rollouts.loss_mask()``. Teacher log-probs come
     from ``HFScorer``, student log-probs from the same hidden-state + chunked output-layer path as the loss.
@@ -278,21 +280,24 @@ def sample_and_score(
         stop_token_ids=tuple(stop_token_ids(tokenizer)),
         vocab_size=len(tokenizer),
     )
-    sampler = make_sampler(engine, student, tokenizer.pad_token_id, config)
+    sampler = make_sampler(engine, student, tokenizer.pad_token_id, config, vllm=vllm)
     scorer = HFScorer(teacher)
     student.eval()
     student_device = next(student.parameters()).device
     prompt_ids = encode_prompts(tokenizer, problems)
     n = samples_per_prompt
     rows = [i for i in range(len(prompt_ids)) for _ in range(n)]
-    if sampler.streams:
-        every = sampler.sample(prompt_ids, n=n)
-        chunks = [every.select(slice(s, s + batch_size)) for s in range(0, len(rows), batch_size)]
-    else:
-        chunks = (
-            sampler.sample([prompt_ids[i] for i in rows[s : s + batch_size]])
-            for s in range(0, len(rows), batch_size)
-        )
+    try:
+        if sampler.streams:
+            every = sampler.sample(prompt_ids, n=n)
+            chunks = [every.select(slice(s, s + batch_size)) for s in range(0, len(rows), batch_size)]
+        else:
+            chunks = [
+                sampler.sample([prompt_ids[i] for i in rows[s : s + batch_size]])
+                for s in range(0, len(rows), batch_size)
+            ]
+    finally:
+        sampler.close()
     keys = ("ids", "mask", "teacher", "student", "truncated", "lengths", "index")
     parts: dict[str, list[Tensor]] = {k: [] for k in keys}
     for start, rollouts in zip(range(0, len(rows), batch_size), chunks):

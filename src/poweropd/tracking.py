@@ -50,7 +50,8 @@ RESUMABLE_CHANGES = {
     },
     "eval": {"every", "benchmarks", "data_dir", "limit", "n", "max_new_tokens", "batch_size", "engine"},
     "model": {"device", "teacher_device"},
-    "rollout": {"engine"},
+    "rollout": {"engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization", "vllm_enforce_eager", "vllm_sleep",
+                "vllm_max_model_len"},  # fmt: skip
 }
 """Settings that ``--resume`` may change; any other difference from the run's config.yaml is refused."""
 

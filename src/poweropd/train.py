@@ -52,12 +52,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import sharding
+from . import sharding, vllm_engine
 from .adapters import attach_lora, base_model
 from .config import OptimConfig, TrainConfig
 from .data import DataOrder, encode_prompts, load_problems
 from .distributed import AcceleratorCollective, Collective, SingleProcess
-from .engines import make_sampler
+from .engines import make_sampler, resolve_engine
 from .errors import UserError
 from .faults import Interrupted, NonFiniteGuard, StopOnSignal, kill_point
 from .logprobs import chunked_token_logprobs
@@ -260,6 +260,8 @@ def train(
     teacher = load_causal_lm(
         cfg.model.teacher, dtype=cfg.model.dtype, device=teacher_device, what="--teacher", **remote
     )
+    if resolve_engine(cfg.rollout.engine, student) == "vllm":  # before anything is written
+        vllm_engine.check_supported(base_model(student), device, f"--student {cfg.model.student}", cfg.rollout.vllm)
     check_capacity(student, teacher, tokenizer_size=len(student_tok), longest_prompt=max(map(len, prompt_ids)),
                    max_new_tokens=cfg.rollout.max_new_tokens, names=(cfg.model.student, cfg.model.teacher),
                    data=cfg.run.data)  # fmt: skip
@@ -296,7 +298,8 @@ def train(
         vocab_size=len(student_tok),
     )
     sampler = make_sampler(cfg.rollout.engine, rollout_copy.model if fsdp else base_model(student),
-                           student_tok.pad_token_id, sampling, dtype=torch.bfloat16 if bf16 and not fsdp else None)  # fmt: skip
+                           student_tok.pad_token_id, sampling, dtype=torch.bfloat16 if bf16 and not fsdp else None,
+                           vllm=cfg.rollout.vllm)  # fmt: skip
     scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size,
                       forward=sharded_teacher.run_frozen if sharded_teacher else None)  # fmt: skip
     held = [student, teacher, *([rollout_copy.model] if fsdp else [])]  # for memory/held_mb
@@ -304,7 +307,7 @@ def train(
     rollout_model = (lambda: rollout_copy.sync(sharded)) if fsdp else (lambda: base_model(student))
     order = DataOrder(len(prompt_ids), cfg.run.seed)
     amp_dtype = torch.bfloat16 if bf16 else None
-    evaluator = _make_evaluator(cfg, student_tok, eval_problems) if cfg.eval.every else None
+    evaluator = _make_evaluator(cfg, student_tok, eval_problems) if cfg.eval.every else None  # shares vLLM
 
     bar = tqdm(
         range(start_step + 1, cfg.run.max_steps + 1),
@@ -322,6 +325,8 @@ def train(
             # 1. sample --------------------------------------------------------------------------------
             batch = order.indices(step, cfg.run.batch_size, comm.rank, comm.world_size)
             rollout_model()  # FSDP: the rollout copy takes this step's weights
+            sampler.sync_weights()  # an engine's own copy (vLLM, the continuous engine's bf16) too
+            t_synced = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 rollouts = sampler.sample([prompt_ids[i] for i in batch])
             kill_point("sample", step)
@@ -362,7 +367,8 @@ def train(
                 ]
             metrics.update(
                 {
-                    "time/sample_s": t_sample - t0,
+                    "time/sync_s": t_synced - t0,
+                    "time/sample_s": t_sample - t_synced,
                     "time/score_s": t_score - t_sample,
                     "time/update_s": t_update - t_score,
                     "time/step_s": t_update - t0,
@@ -425,7 +431,7 @@ def _make_evaluator(cfg: TrainConfig, tokenizer, problems: dict | None = None) -
     )
 
     def evaluate(student) -> dict[str, float]:
-        results, _ = evaluate_model(student, tokenizer, problems, harness, progress=False)
+        results, _ = evaluate_model(student, tokenizer, problems, harness, progress=False, vllm=cfg.rollout.vllm)
         student.train()
         return {
             f"eval/{b}/{k}": v

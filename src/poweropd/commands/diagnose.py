@@ -46,7 +46,7 @@ def _temperature(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engines import ENGINE_HELP, ENGINES
+    from ..engines import ENGINE_HELP, ENGINES, add_vllm_arguments
 
     parser.add_argument("--teacher", required=True, help="hub id, local folder or alias of the teacher")
     parser.add_argument("--student", required=True, help="hub id, local folder or alias of the student")
@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rollout-engine", default="generate", choices=ENGINES, help=ENGINE_HELP + "; default generate"
     )
+    add_vllm_arguments(parser)
     parser.add_argument("--device", default="cpu", help="torch device for both models (cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
@@ -79,9 +80,11 @@ def run(args: argparse.Namespace) -> int:
     from .. import diagnostics as D
     from .. import plots
     from ..data import read_jsonl
+    from ..engines import vllm_options
     from ..errors import UserError
     from ..models import check_pair, load_causal_lm, load_tokenizer
 
+    vllm = vllm_options(args)
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise UserError(f"--output-dir {args.output_dir}: expected a folder, found a file")
     problems = [row["problem"] for row in read_jsonl(args.data)][: args.num_prompts]
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         samples_per_prompt=args.samples_per_prompt,
         batch_size=args.batch_size,
         engine=args.rollout_engine,
+        vllm=vllm,
     )
     summary = build_summary(scored, student_tok, args, num_prompts=len(problems))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engines import ENGINE_HELP, ENGINES
+    from ..engines import ENGINE_HELP, ENGINES, add_vllm_arguments
 
     parser.add_argument(
         "--model", required=True, help="hub id, local folder or alias (e.g. smollm2-135m-instruct)"
@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ENGINES,
         help=ENGINE_HELP + "; default generate",
     )
+    add_vllm_arguments(parser)
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="write results.json and samples.jsonl here"
     )
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..benchmark_data import load_benchmark, resolve_benchmarks
+    from ..engines import resolve_engine, vllm_options
     from ..errors import UserError
     from ..evaluate import EvalConfig, evaluate_model, format_table, write_results
 
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         engine=args.rollout_engine,
     )
+    vllm = vllm_options(args)
     out = args.output_dir
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out}: expected a folder, found a file")
@@ -100,11 +103,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_causal_lm(
         args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code
     )
+    if resolve_engine(cfg.engine, model) == "vllm":
+        from ..vllm_engine import check_supported
+
+        check_supported(model, device, f"--model {args.model}", vllm)
 
     start = time.perf_counter()
     results, samples = evaluate_model(
         model, tokenizer, problems, cfg, progress=not args.no_progress and accelerator.is_main_process,
-        comm=AcceleratorCollective(accelerator),
+        comm=AcceleratorCollective(accelerator), vllm=vllm,
     )  # fmt: skip
     wall_s = time.perf_counter() - start
     if not accelerator.is_main_process:
@@ -114,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     processes = f", {accelerator.num_processes} processes" if accelerator.num_processes > 1 else ""
     print(
         f"\n{len(samples)} responses in {wall_s:.0f} s ({args.model}, n={cfg.n}, "
-        f"max_new_tokens={cfg.max_new_tokens}, engine {cfg.engine}{processes})"
+        f"max_new_tokens={cfg.max_new_tokens}, engine {resolve_engine(cfg.engine, model)}{processes})"
     )
     if out is not None:
         write_results(out, results, samples, cfg)

@@ -41,6 +41,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "max_new_tokens": ("rollout", "max_new_tokens"),
     "temperature": ("rollout", "temperature"),
     "rollout_engine": ("rollout", "engine"),
+    **{dest: ("rollout", dest) for dest in ("vllm_kv_cache_gb", "vllm_gpu_memory_utilization", "vllm_enforce_eager",
+                                            "vllm_sleep", "vllm_max_model_len")},  # fmt: skip
     "trust_remote_code": ("model", "trust_remote_code"),
     "gradient_checkpointing": ("model", "gradient_checkpointing"),
     "lora_rank": ("model", "lora_rank"),
@@ -61,7 +63,7 @@ FLAGS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..config import DEVICES, DTYPES, methods
-    from ..engines import ENGINE_HELP, ENGINES
+    from ..engines import ENGINE_HELP, ENGINES, add_vllm_arguments
     from ..rewards import REWARDS
 
     a = parser.add_argument
@@ -112,6 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ENGINES,
         help=ENGINE_HELP + "; default generate",
     )
+    add_vllm_arguments(parser)
     a("--lr", type=float, metavar="LR", help="AdamW learning rate (default 5e-7)")
     a("--seed", type=int, metavar="S", help="seed of data order and sampling (default 0)")
     a("--save-every", type=int, metavar="K", help="checkpoint every K steps (default 100; 0 = final only)")
