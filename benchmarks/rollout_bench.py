@@ -1,10 +1,14 @@
 """Rollout engines side by side: tokens/s, peak memory and the whole OPD step per engine, against the decode floor.
 
     .venv/bin/python benchmarks/rollout_bench.py                       # the shipped task models, CPU, ~2 min
+    .venv/bin/python benchmarks/rollout_bench.py --model smollm2-135m-instruct --engines generate,vllm \
+        --batch-sizes 32 --max-new-tokens 128 --threads 2                # a real model, GSM8K prompts
     .venv/bin/python benchmarks/rollout_bench.py --shape qwen3-0.6b --teacher-shape qwen3-4b --device cuda \\
         --dtype bfloat16 --batch-sizes 32 --max-new-tokens 1024 --mean-length 400 --step   # the paper's shape
 
-Models: ``task`` (default) is the shipped task student and teacher, what the demo trains; ``--shape`` builds a
+Models: ``task`` (default) is the shipped task student and teacher, what the demo trains (head size 24: vLLM's
+CPU attention cannot run it, so ``vllm`` is left out there); ``--model`` loads a real model (student and teacher
+alike) with GSM8K prompts from ../shared/data; ``--shape`` builds a
 random-init Qwen3 of that shape (benchmarks/stepbench SHAPES) with the Qwen3 vocabulary. A random model
 never says its stop token, so ``--mean-length L`` makes the first V/L token ids stop tokens: lengths are then
 about geometric with mean L, capped at --max-new-tokens, as real rollouts vary.
@@ -126,6 +130,15 @@ def load_models(args, device):
     from poweropd.tasks.sft import load_task_model
 
     rows = max(map(int, args.batch_sizes.split(",")))
+    if args.model is not None:
+        from poweropd.data import read_jsonl
+        from poweropd.models import load_causal_lm, load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+        student, teacher = (load_causal_lm(args.model, dtype="float32", device=device) for _ in range(2))
+        data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_test.jsonl"
+        problems = [r["problem"] for r in read_jsonl(data)][:rows]
+        return student, teacher, stop_token_ids(tokenizer), tokenizer.pad_token_id, encode_prompts(tokenizer, problems)
     if args.shape is None:
         student, tokenizer = load_task_model(SHIPPED_DIR / "student")
         teacher, _ = load_task_model(SHIPPED_DIR / "teacher")
@@ -162,9 +175,11 @@ def main() -> None:
     from poweropd.rollout import SamplingConfig
     from poweropd.teacher import HFScorer
     from poweropd.train import compute_gradients
+    from poweropd.vllm_engine import unsupported_reason
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--engines", default=",".join(SAMPLERS))
+    p.add_argument("--engines", default=None, help="default: every engine that runs the model")
+    p.add_argument("--model", default=None, help="a real model (folder, hub id, alias) instead of --shape")
     p.add_argument("--batch-sizes", default="32,256")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1, choices=[0, 1], help="an uncounted first call per engine")
@@ -191,7 +206,9 @@ def main() -> None:
     student, teacher = student.to(device), teacher.to(device)
     amp = torch.bfloat16 if args.dtype == "bfloat16" else None
     config = SamplingConfig(max_new_tokens=args.max_new_tokens, stop_token_ids=tuple(stops))
-    engines = args.engines.split(",")
+    engines = args.engines.split(",") if args.engines else [
+        e for e in SAMPLERS if e != "vllm" or unsupported_reason(student, device) is None
+    ]
     if args.memory_probe:  # one engine, one batch size, in a fresh process
         make = lambda: make_sampler(engines[0], student, pad_id, config, dtype=amp)  # noqa: E731
         batch = int(args.batch_sizes.split(",")[0])
@@ -209,9 +226,11 @@ def main() -> None:
     call_peak_mb = {}
 
     def one_step(sampler):
-        """(sample s, score s, update s, rollouts)."""
+        """(sample s, score s, update s, rollouts); the sample time includes an engine's weight sync (vLLM)."""
         _sync(device)
         t0 = time.perf_counter()
+        if args.step:
+            sampler.sync_weights()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             start = torch.cuda.memory_allocated(device)

@@ -49,7 +49,8 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-OURS = {"ours power": "power", "ours full_kl": "full_kl"}
+OURS = {"ours power": ("power", "generate"), "ours full_kl": ("full_kl", "generate"),
+        "ours power vllm": ("power", "vllm")}  # name -> (reward, rollout engine); vllm needs vllm installed  # fmt: skip
 THEIRS = ("TRL DistillationTrainer", "TRL IWOPDTrainer", "TRL GKDTrainer")
 LR, BATCH, THREADS = 1e-5, 8, 2
 
@@ -128,7 +129,7 @@ class Memory:
 # ---------------------------------------------------------------------------------------------------------------
 # Contestants, each run in its own process by `--worker NAME`
 # ---------------------------------------------------------------------------------------------------------------
-def run_ours(reward: str, root: Path, steps: int, new_tokens: int, out: Path) -> dict:
+def run_ours(reward: str, engine: str, root: Path, steps: int, new_tokens: int, out: Path) -> dict:
     """`poweropd train`'s own step. The memory marks ride on the run directory's call that logs each step's row."""
     from poweropd import tracking
     from poweropd.cli import main
@@ -148,14 +149,15 @@ def run_ours(reward: str, root: Path, steps: int, new_tokens: int, out: Path) ->
     argv = ["train", "--student", str(root / "student"), "--teacher", str(root / "teacher"), "--data",
             str(root / "prompts.jsonl"), "--output-dir", str(out), "--reward", reward, "--batch-size", str(BATCH),
             "--max-new-tokens", str(new_tokens), "--max-steps", str(steps), "--lr", str(LR), "--save-every", "0",
-            "--device", "cpu", "--rollout-engine", "generate", "--report-to", "jsonl", "--no-progress"]  # fmt: skip
+            "--device", "cpu", "--rollout-engine", engine, "--report-to", "jsonl", "--no-progress"]  # fmt: skip
     if main(argv) != 0:
         raise RuntimeError(f"poweropd train {argv} failed")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {
         "steps": [
-            {"step_s": r["time/step_s"], "generate_s": r["time/sample_s"], "score_s": r["time/score_s"]}
-            for r in rows
+            {"step_s": r["time/step_s"], "generate_s": r["time/sync_s"] + r["time/sample_s"],
+             "score_s": r["time/score_s"], "sync_s": r["time/sync_s"]}
+            for r in rows  # generation includes the engine's weight sync (vLLM), as a peer's would
         ],
         "mean_length": statistics.mean(lengths),
         "loss": [r["loss"] for r in rows],
@@ -354,7 +356,7 @@ def worker(args) -> None:
     if args.worker == "check":
         result = check(root)
     elif args.worker in OURS:
-        result = run_ours(OURS[args.worker], root, args.steps, args.new_tokens, out.parent / "run")
+        result = run_ours(*OURS[args.worker], root, args.steps, args.new_tokens, out.parent / "run")
     else:
         result = run_trl(args.worker, root, args.steps, args.new_tokens, out.parent / "run")
     out.write_text(json.dumps(result))
@@ -374,7 +376,7 @@ def spawn(name: str, root: Path, tmp: Path, steps: int, new_tokens: int) -> dict
 
 def summarise(run: dict) -> dict:
     timed = run["steps"][1:]  # step 1 warms up (allocations, lazy init)
-    med = {k: statistics.median(s[k] for s in timed) for k in ("step_s", "generate_s", "score_s")}
+    med = {k: statistics.median(s.get(k, 0.0) for s in timed) for k in ("step_s", "generate_s", "score_s", "sync_s")}
     med["update_s"] = statistics.median(s["step_s"] - s["generate_s"] - s["score_s"] for s in timed)
     med["no_generate_s"] = statistics.median(s["step_s"] - s["generate_s"] for s in timed)
     return {**med, **{k: run[k] for k in ("held_mb", "peak_above_mb", "process_peak_mb", "mean_length")}}
@@ -397,6 +399,8 @@ def main() -> None:
     parser.add_argument(
         "--gkd", action="store_true", help="also GKDTrainer (slow: it scores full logits twice)"
     )
+    parser.add_argument("--contestants", default=None,
+                        help="comma list of the contestants to run (default: all but GKD unless --gkd)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)
@@ -410,6 +414,10 @@ def main() -> None:
         parser.error("--steps: expected 2 or more (step 1 is not timed)")
 
     contestants = [*OURS, *THEIRS[: 3 if args.gkd else 2]]
+    if args.contestants:
+        contestants = [c.strip() for c in args.contestants.split(",")]
+        if unknown := set(contestants) - {*OURS, *THEIRS}:
+            parser.error(f"--contestants: unknown {sorted(unknown)}; expected names from {[*OURS, *THEIRS]}")
     print(f"versions: {versions()}; batch {BATCH}, {args.new_tokens} new tokens, {args.steps} steps (median of "
           f"2…{args.steps}), {args.rounds} rounds, {THREADS} threads", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -453,15 +461,23 @@ def print_table(table: dict) -> None:
         print(f"| {name} | {m['step_s']:.2f} | {m['generate_s']:.2f} | {m['score_s']:.2f} | {m['update_s']:.2f} | "
               f"{m['no_generate_s']:.2f} | {m['held_mb']:,.0f} | {m['peak_above_mb']:,.0f} | "
               f"{m['process_peak_mb']:,.0f} | {m['mean_length']:.1f} |")  # fmt: skip
+    if "TRL DistillationTrainer" not in table:
+        return
     peer = table["TRL DistillationTrainer"]
+    if "ours power vllm" in table:
+        m = table["ours power vllm"]
+        print(f"\nours power vllm: weight sync {m['sync_s']:.2f} s = {m['sync_s'] / m['step_s']:.1%} of its step "
+              f"(target ≤ 10%); step / DistillationTrainer {m['step_s'] / peer['step_s']:.2f} (target ≤ 0.5)")  # fmt: skip
     print("\nratios ours / DistillationTrainer (targets: power step ≤ 0.6, power peak above held ≤ 0.5, full_kl step"
           " ≤ 0.8):")  # fmt: skip
-    for ours in OURS:
+    for ours in (o for o in OURS if o in table):
         m = table[ours]
         print(f"  {ours}: step {m['step_s'] / peer['step_s']:.2f}, step without generation "
               f"{m['no_generate_s'] / peer['no_generate_s']:.2f}, peak above held "
               f"{m['peak_above_mb'] / peer['peak_above_mb']:.2f}, process peak "
               f"{m['process_peak_mb'] / peer['process_peak_mb']:.2f}")  # fmt: skip
+    if "TRL IWOPDTrainer" not in table or "ours power" not in table:
+        return
     iw = table["TRL IWOPDTrainer"]
     m = table["ours power"]
     print(f"  ours power / IWOPDTrainer (the sampled-token peer): step {m['step_s'] / iw['step_s']:.2f}, step without "

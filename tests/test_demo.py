@@ -118,8 +118,8 @@ def test_demo_config_validates_methods_and_presets():
     for bad in ("poweer@1", "power@seven", "clip+entropy:2"):
         with pytest.raises(UserError, match=f"--methods {re.escape(bad)}"):
             DemoConfig(methods=(bad,))
-    with pytest.raises(UserError, match="--rollout-engine vllm"):
-        DemoConfig(rollout_engine="vllm")
+    with pytest.raises(UserError, match="--rollout-engine sglang"):
+        DemoConfig(rollout_engine="sglang")
     assert {"log_ratio", "clip", "tanh", "zscore", "full_kl"} <= set(DEFAULT_METHODS)
     assert sum(m.startswith("power@") for m in DEFAULT_METHODS) == 3 and DemoConfig().seeds >= 3
     assert {method_config(m).alpha for m in DemoConfig.full().methods if m.startswith("power")} == set(

@@ -240,3 +240,27 @@ def _data_dir():
     from conftest import DATA_DIR
 
     return DATA_DIR
+
+
+def test_two_processes_train_and_evaluate_with_vllm(vllm_pair, tmp_path):
+    """Under accelerate (gloo) each process has its own engine in the trainer's process group, which the engine
+    must leave alive when it shuts down; sharded greedy evaluation equals one process with ``generate``."""
+    from test_distributed import _accelerate
+
+    student, teacher, prompts = vllm_pair
+    out = tmp_path / "run"
+    proc = _accelerate(
+        "-m", "poweropd.cli", "train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts),
+        "--output-dir", str(out), "--batch-size", "4", "--max-steps", "2", "--max-new-tokens", "6", "--save-every", "0",
+        "--reward", "power", "--no-progress", "--rollout-engine", "vllm", "--device", "cpu",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["rollout/logprob_diff/max"] < 1e-4 for r in rows)
+    common = ["eval", "--model", str(student), "--benchmarks", "gsm8k", "--limit", "5", "--n", "2", "--temperature",
+              "0", "--max-new-tokens", "10", "--data-dir", str(_data_dir()), "--no-progress"]  # fmt: skip
+    proc = _accelerate("-m", "poweropd.cli", *common, "--rollout-engine", "vllm", "--output-dir", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main([*common, "--rollout-engine", "generate", "--output-dir", str(tmp_path / "one")]) == 0
+    two, one = ((tmp_path / d / "samples.jsonl").read_text() for d in ("two", "one"))
+    assert len(one.splitlines()) == 10 and two == one

@@ -156,6 +156,8 @@ class _Engine:
         else:
             memory["gpu_memory_utilization"] = options.gpu_memory_utilization
         eager = options.enforce_eager if options.enforce_eager is not None else device.type == "cpu"
+        # under accelerate/torchrun vLLM joins the trainer's process group; then it must not destroy it on close
+        self._trainer_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         rng = torch.random.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         set_num_threads = torch.set_num_threads
@@ -206,8 +208,14 @@ class _Engine:
     def close(self) -> None:
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
-            with contextlib.suppress(Exception):
-                llm.llm_engine.engine_core.shutdown()
+            destroy = torch.distributed.destroy_process_group
+            if self._trainer_group:  # vLLM's shutdown destroys the default group: keep the trainer's
+                torch.distributed.destroy_process_group = lambda group=None: group is not None and destroy(group)
+            try:
+                with contextlib.suppress(Exception):
+                    llm.llm_engine.engine_core.shutdown()
+            finally:
+                torch.distributed.destroy_process_group = destroy
             del llm
         self._folder.cleanup()
 
@@ -238,7 +246,6 @@ class VLLMSampler(_PromptSampler):
         check_supported(model, self.device, f"the model {getattr(model, 'name_or_path', '') or type(model).__name__}",
                         self.options)  # fmt: skip
         self._engine: _Engine | None = None
-        self.sync_seconds = 0.0
 
     def _acquire(self, needed_len: int, kv_tokens: int) -> _Engine:
         engine = _ENGINES.get(self.model)  # the model's engine, which another sampler may have started
