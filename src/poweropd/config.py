@@ -35,7 +35,15 @@ class ModelConfig:
     student: str = ""
     """Student: a Hugging Face model id, a local folder, or an alias such as smollm2-135m-instruct."""
     teacher: str = ""
-    """Teacher: same forms as the student; its tokenizer must match the student's."""
+    """Teacher: same forms as the student, or the URL of an OpenAI-compatible vLLM server
+    (http://HOST:PORT/v1, served.py); its tokenizer must match the student's. Several teachers: ``teachers``."""
+    teachers: tuple[str, ...] = ()
+    """Several teachers as NAME=SPEC (SPEC: a folder, hub id, alias or server URL); each prompt row names its
+    teacher in the column ``run.teacher_field`` (multi-teacher OPD). Instead of ``teacher``."""
+    teacher_timeout_s: float = 120.0
+    """Served teachers: seconds one request may take before it counts as failed."""
+    teacher_retries: int = 4
+    """Served teachers: tries after the first (backoff 1, 2, 4, … s) before the run stops."""
     dtype: str = "float32"
     """Compute dtype. With bfloat16 the teacher is held in bf16 and the student keeps float32 master weights
     under bf16 autocast (a 5e-7 update is below bf16's resolution for most weights)."""
@@ -61,9 +69,33 @@ class ModelConfig:
     """Shard the student (weights, gradients, AdamW state) and the teacher over the processes with FSDP2
     (sharding.py); needs 2 or more processes (accelerate launch or torchrun)."""
 
+    @property
+    def teacher_specs(self) -> dict[str, str]:
+        """{name: spec}; the single teacher of ``teacher`` has the name ""."""
+        if not self.teachers:
+            return {"": self.teacher}
+        return dict(t.split("=", 1) for t in self.teachers)
+
+    @property
+    def server_options(self):
+        from .served import ServerOptions
+
+        return ServerOptions(timeout_s=self.teacher_timeout_s, retries=self.teacher_retries)
+
     def __post_init__(self):
+        import re
+
+        if isinstance(self.teachers, str | list):
+            object.__setattr__(self, "teachers", (self.teachers,) if isinstance(self.teachers, str) else tuple(self.teachers))
         require(bool(self.student), "model.student (--student)", "a model id, folder or alias", self.student)
-        require(bool(self.teacher), "model.teacher (--teacher)", "a model id, folder or alias", self.teacher)
+        require(bool(self.teacher) != bool(self.teachers), "model.teacher (--teacher)",
+                "one teacher (a model id, folder, alias or server URL) or several NAME=SPEC", self.teacher or self.teachers)  # fmt: skip
+        for entry in self.teachers:
+            require(re.fullmatch(r"[A-Za-z0-9_.-]+=.+", entry) is not None, "model.teachers (--teacher NAME=SPEC)",
+                    "NAME=SPEC with NAME of letters, digits, _ . -", entry)  # fmt: skip
+        names = [t.split("=", 1)[0] for t in self.teachers]
+        require(len(set(names)) == len(names), "model.teachers (--teacher NAME=SPEC)", "distinct names", names)
+        _ = self.server_options  # ServerOptions checks its own fields
         require(self.dtype in DTYPES, "model.dtype (--dtype)", f"one of {', '.join(DTYPES)}", self.dtype)
         require(
             self.device in DEVICES, "model.device (--device)", f"one of {', '.join(DEVICES)}", self.device
@@ -363,6 +395,8 @@ class RunConfig:
     """Split of a dataset folder or hub dataset (--data-split)."""
     data_field: str = "problem"
     """Column (or JSONL field) holding the problem text (--data-field)."""
+    teacher_field: str = "teacher"
+    """With several teachers: the column (or JSONL field) naming each row's teacher (--teacher-field)."""
     output_dir: str = ""
     """Run directory: metrics.jsonl, positions.jsonl, config.yaml, checkpoints/, final/, tb/."""
     max_steps: int = 1500

@@ -77,6 +77,20 @@ def load_problems(
     return list(problems)
 
 
+def load_routes(cfg, rows: int) -> list[str]:
+    """Each prompt row's teacher name (several teachers): the ``run.teacher_field`` column, every name one of
+    ``--teacher NAME=SPEC``; else one line naming the row."""
+    names = list(cfg.model.teacher_specs)
+    field, source = cfg.run.teacher_field, cfg.run.data
+    route = load_problems(source, split=cfg.run.data_split, field=field)
+    assert len(route) == rows
+    for i, name in enumerate(route):
+        if name not in names:
+            raise UserError(f"--data {source}: row {i + 1}: {field} '{name}' is not one of the teachers "
+                            f"{', '.join(names)} (expected a name given as --teacher NAME=SPEC)")  # fmt: skip
+    return route
+
+
 def _hf_dataset(source: str, path: Path, split: str, what: str):
     """One split through ``datasets``: a parquet file, a ``save_to_disk`` folder, or a hub id."""
     try:

@@ -63,6 +63,8 @@ class Rollouts:
     truncated_B: Tensor  # True where no stop token was generated within max_new_tokens
     sampler_logp_BT: Tensor | None = None
     """The engine's own log-probs of the sampled tokens (vLLM), to measure its mismatch with the trainer's."""
+    teacher_B: list[str] | None = None
+    """Which teacher scores each row (several teachers, teacher.RoutedScorer); set by the loop."""
 
     @property
     def response_ids_BT(self) -> Tensor:
@@ -87,7 +89,9 @@ class Rollouts:
         return self.response_mask_BT & ~is_stop_BT
 
     def select(self, rows: slice | Tensor) -> Rollouts:
-        logp = self.sampler_logp_BT
+        logp, names = self.sampler_logp_BT, self.teacher_B
+        if names is not None:
+            names = names[rows] if isinstance(rows, slice) else [names[int(i)] for i in rows]
         return Rollouts(
             self.input_ids_BL[rows],
             self.attention_mask_BL[rows],
@@ -95,6 +99,7 @@ class Rollouts:
             self.response_mask_BT[rows],
             self.truncated_B[rows],
             None if logp is None else logp[rows],
+            names,
         )
 
     def to(self, device) -> Rollouts:
@@ -106,6 +111,7 @@ class Rollouts:
             self.response_mask_BT.to(device),
             self.truncated_B.to(device),
             None if logp is None else logp.to(device),
+            self.teacher_B,
         )
 
 

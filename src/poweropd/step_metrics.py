@@ -117,3 +117,20 @@ def gathered_positions(result: UpdateResult, comm: Collective) -> list[dict]:
         comm.gather_rows(t) for t in (result.reward_BT, result.log_ratio_BT, result.mask_BT.long())
     )
     return position_rows(reward_all, ratio_all, mask_all.bool())
+
+
+def teacher_metrics(result: UpdateResult, teacher_B: list[str], names: list[str], comm: Collective) -> dict[str, float]:
+    """Per teacher of a multi-teacher run: ``teacher/NAME/{log_ratio/mean,reward/mean,tokens}`` over every process's
+    rows routed to it (its log ratio against the student, the trained signal, the tokens it scored)."""
+    index_B1 = torch.tensor([[names.index(n)] for n in teacher_B], device=result.mask_BT.device)
+    (index_all, _), (mask_all, _), (ratio_all, _), (reward_all, _) = (
+        comm.gather_rows(t) for t in (index_B1, result.mask_BT.long(), result.log_ratio_BT, result.reward_BT)
+    )
+    out = {}
+    for k, name in enumerate(names):
+        mask_BT = mask_all.bool() & (index_all[:, :1] == k)
+        tokens = int(mask_BT.sum())
+        out[f"teacher/{name}/tokens"] = tokens
+        out[f"teacher/{name}/log_ratio/mean"] = ratio_all[mask_BT].mean().item() if tokens else float("nan")
+        out[f"teacher/{name}/reward/mean"] = reward_all[mask_BT].float().mean().item() if tokens else float("nan")
+    return out

@@ -49,7 +49,8 @@ RESUMABLE_CHANGES = {
         "report_to",
     },
     "eval": {"every", "benchmarks", "data_dir", "limit", "n", "max_new_tokens", "batch_size", "engine"},
-    "model": {"device", "teacher_device"},
+    # teachers are compared by name and model in train.py, so a served teacher may move to a new URL
+    "model": {"device", "teacher_device", "teacher", "teachers", "teacher_timeout_s", "teacher_retries"},
     "rollout": {"engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization", "vllm_enforce_eager", "vllm_sleep",
                 "vllm_max_model_len"},  # fmt: skip
 }
@@ -318,3 +319,13 @@ def load_training_state(checkpoint: Path, optimizer, scheduler, load_optimizer=N
         ) from None
     set_rng_state(load("rng.pt"))
     return json.loads((checkpoint / "state.json").read_text())
+
+
+def check_same_teachers(checkpoint: Path, identities: dict[str, str]) -> None:
+    """``--resume`` keeps the run's teachers: the same names and models (a served teacher is its model id, so a new
+    URL for the same model is accepted); else one line."""
+    saved = json.loads((Path(checkpoint) / "state.json").read_text()).get("teachers")
+    if saved is not None and saved != identities:
+        show = lambda d: ", ".join(f"{k or 'teacher'}: {v}" for k, v in sorted(d.items()))  # noqa: E731
+        raise UserError(f"--resume: the teachers are {show(identities)} but the run in {Path(checkpoint).parents[1]} "
+                        f"used {show(saved)} (expected the same names and models; a served teacher may change URL)")  # fmt: skip

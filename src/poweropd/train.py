@@ -55,7 +55,7 @@ from torch import Tensor
 from . import sharding, vllm_engine
 from .adapters import attach_lora, base_model
 from .config import OptimConfig, TrainConfig
-from .data import DataOrder, encode_prompts, load_problems
+from .data import DataOrder, encode_prompts, load_problems, load_routes
 from .distributed import AcceleratorCollective, Collective, SingleProcess
 from .engines import make_sampler, resolve_engine
 from .errors import UserError
@@ -65,7 +65,6 @@ from .losses import MicroBatch, Objective, make_objective
 from .models import (
     check_capacity,
     check_device,
-    check_pair,
     enable_checkpointing,
     load_causal_lm,
     load_tokenizer,
@@ -74,9 +73,17 @@ from .models import (
     stop_token_ids,
 )
 from .rollout import Rollouts, SamplingConfig
-from .step_metrics import UpdateResult, gathered_positions, held_mb, peak_memory_mb, step_metrics
-from .teacher import HFScorer, TeacherScores
-from .tracking import RunDir, load_training_state
+from .served import TeacherUnavailable
+from .step_metrics import (
+    UpdateResult,
+    gathered_positions,
+    held_mb,
+    peak_memory_mb,
+    step_metrics,
+    teacher_metrics,
+)
+from .teacher import HFScorer, RoutedScorer, TeacherScores, load_teachers
+from .tracking import RunDir, check_same_teachers, load_training_state
 
 
 def make_optimizer(params, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
@@ -237,10 +244,9 @@ def train(
     # -- models and data ----------------------------------------------------------------------------
     remote = {"trust_remote_code": cfg.model.trust_remote_code}
     student_tok = load_tokenizer(cfg.model.student, what="--student", **remote)
-    teacher_tok = load_tokenizer(cfg.model.teacher, what="--teacher", **remote)
-    check_pair(student_tok, teacher_tok, student=cfg.model.student, teacher=cfg.model.teacher)
     problems = load_problems(cfg.run.data, split=cfg.run.data_split, field=cfg.run.data_field)
     prompt_ids = encode_prompts(student_tok, problems)
+    route = load_routes(cfg, len(problems)) if cfg.model.teachers else None  # row -> teacher name
     run.check(cfg, resume=resume)  # every input is checked before anything is written
     checkpoint = run.latest_checkpoint() if resume else None
 
@@ -257,14 +263,25 @@ def train(
     teacher_device = (
         check_device(cfg.model.teacher_device, "--teacher-device") if cfg.model.teacher_device else device
     )
-    teacher = load_causal_lm(
-        cfg.model.teacher, dtype=cfg.model.dtype, device=teacher_device, what="--teacher", **remote
-    )
+    objective = make_objective(cfg.reward)
+    full_kl = objective.needs_teacher_hidden  # its loss computes the teacher's log-probs with the KL
+    longest = max(map(len, prompt_ids)) + cfg.rollout.max_new_tokens
+    teachers = load_teachers(cfg.model, student_tok, longest=longest, device=teacher_device,
+                             temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size, needs_hidden=full_kl)  # fmt: skip
+    identities = {name: t.identity for name, t in teachers.items()}
+    if checkpoint is not None:
+        check_same_teachers(checkpoint, identities)
+    # the one in-process teacher, if that is what the run has (FSDP shards it; full_kl reads its output layer)
+    teacher = teachers[""].model if "" in teachers else None
     if resolve_engine(cfg.rollout.engine, student) == "vllm":  # before anything is written
         vllm_engine.check_supported(base_model(student), device, f"--student {cfg.model.student}", cfg.rollout.vllm)
-    check_capacity(student, teacher, tokenizer_size=len(student_tok), longest_prompt=max(map(len, prompt_ids)),
-                   max_new_tokens=cfg.rollout.max_new_tokens, names=(cfg.model.student, cfg.model.teacher),
-                   data=cfg.run.data)  # fmt: skip
+    for t in teachers.values():
+        check_capacity(student, t.model if t.model is not None else student, tokenizer_size=len(student_tok),
+                       longest_prompt=longest - cfg.rollout.max_new_tokens, max_new_tokens=cfg.rollout.max_new_tokens,
+                       names=(cfg.model.student, t.spec), data=cfg.run.data)  # fmt: skip
+    if fsdp and teacher is None:
+        raise UserError("--fsdp: expected one in-process teacher (a folder or hub id); served or several teachers "
+                        "are not sharded")  # fmt: skip
     # FSDP: the student sharded (generation on an unsharded copy), the teacher too unless on its own device
     sharded = sharded_teacher = rollout_copy = None
     if fsdp:
@@ -273,6 +290,8 @@ def train(
         sharded = sharding.shard(student, mesh)
         if cfg.model.teacher_device is None:
             sharded_teacher = sharding.shard(teacher.eval().requires_grad_(False), mesh)
+            teachers[""].scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size,
+                                           forward=sharded_teacher.run_frozen)  # fmt: skip
 
     optimizer = make_optimizer([p for p in student.parameters() if p.requires_grad], cfg.optim, device)
     warmup_steps = math.ceil(cfg.optim.warmup_ratio * cfg.run.max_steps)
@@ -287,8 +306,6 @@ def train(
     guard = NonFiniteGuard(cfg.run.max_skipped_steps, state.get("skipped_steps", 0),
                            state.get("consecutive_skipped_steps", 0))  # fmt: skip
 
-    objective = make_objective(cfg.reward)
-    full_kl = objective.needs_teacher_hidden  # its loss computes the teacher's log-probs with the KL
     sampling = SamplingConfig(
         max_new_tokens=cfg.rollout.max_new_tokens,
         temperature=cfg.rollout.temperature,
@@ -300,9 +317,9 @@ def train(
     sampler = make_sampler(cfg.rollout.engine, rollout_copy.model if fsdp else base_model(student),
                            student_tok.pad_token_id, sampling, dtype=torch.bfloat16 if bf16 and not fsdp else None,
                            vllm=cfg.rollout.vllm)  # fmt: skip
-    scorer = HFScorer(teacher, temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size,
-                      forward=sharded_teacher.run_frozen if sharded_teacher else None)  # fmt: skip
-    held = [student, teacher, *([rollout_copy.model] if fsdp else [])]  # for memory/held_mb
+    scorer = RoutedScorer({n: t.scorer for n, t in teachers.items()}) if route else teachers[""].scorer
+    in_process = [t.model for t in teachers.values() if t.model is not None]
+    held = [student, *in_process, *([rollout_copy.model] if fsdp else [])]  # for memory/held_mb
     # the model the sampler and the evaluator see: the student, or its unsharded copy brought up to date
     rollout_model = (lambda: rollout_copy.sync(sharded)) if fsdp else (lambda: base_model(student))
     order = DataOrder(len(prompt_ids), cfg.run.seed)
@@ -329,11 +346,17 @@ def train(
             t_synced = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 rollouts = sampler.sample([prompt_ids[i] for i in batch])
+            if route:
+                rollouts.teacher_B = [route[i] for i in batch]
             kill_point("sample", step)
             t_sample = time.perf_counter()
 
-            # 2. score ---------------------------------------------------------------------------------
-            teacher_scores = scorer.score(rollouts, keep_hidden=full_kl, logprobs=not full_kl)
+            # 2. score (a served teacher that stopped answering ends the run here: nothing of the step trained)
+            try:
+                teacher_scores = scorer.score(rollouts, keep_hidden=full_kl, logprobs=not full_kl)
+            except TeacherUnavailable as err:
+                raise TeacherUnavailable(f"{err} at step {step}; last checkpoint {run.latest_checkpoint()}; start the "
+                                         "server again and continue with the same command and --resume") from None  # fmt: skip
             t_score = time.perf_counter()
 
             # 3. reward + 4. update --------------------------------------------------------------------
@@ -341,7 +364,7 @@ def train(
                 result = compute_gradients(
                     student, rollouts, teacher_scores, objective, micro_batch_size=micro_batch_size,
                     include_stop_token=cfg.rollout.include_stop_token, temperature=cfg.rollout.temperature,
-                    chunk_size=cfg.run.chunk_size, teacher_output_layer=output_layer(teacher),
+                    chunk_size=cfg.run.chunk_size, teacher_output_layer=output_layer(teacher) if full_kl else None,
                     vocab_size=len(student_tok), comm=comm, autocast_dtype=amp_dtype, forward=sharded,
                 )  # fmt: skip
             grad_norm = sharding.full_tensor(
@@ -361,6 +384,8 @@ def train(
             metrics = step_metrics(
                 result, rollouts, comm, grad_norm=grad_norm.item(), lr=scheduler.get_last_lr()[0]
             )
+            if route:
+                metrics.update(teacher_metrics(result, rollouts.teacher_B, list(teachers), comm))
             if cfg.reward.record is not None and "alpha" in cfg.reward.record.hparams:
                 metrics["reward/alpha"] = cfg.reward.hparams_at((step - 1) / max(1, cfg.run.max_steps - 1))[
                     "alpha"
@@ -395,7 +420,8 @@ def train(
             signalled = comm.sum(torch.tensor([float(stop.signum is not None)], device=device)).item() > 0
             due = cfg.run.save_every and (step % cfg.run.save_every == 0 or step == cfg.run.max_steps)
             if due or signalled:
-                state = {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed, **guard.state()}
+                state = {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed, "teachers": identities,
+                         **guard.state()}  # fmt: skip
                 whole = dict(weights=sharding.model_state(sharded),
                              optimizer_state=sharding.optimizer_state(sharded, optimizer)) if fsdp else {}  # fmt: skip
                 saved = run.save_checkpoint(step, student, student_tok, optimizer, scheduler, state,
@@ -408,6 +434,8 @@ def train(
     finally:
         stop.restore()
         sampler.close()
+        for t in teachers.values():
+            getattr(t.scorer, "close", lambda: None)()
     weights = sharding.model_state(sharded) if fsdp else None
     final = run.save_final(student, student_tok, merged=cfg.model.merge_lora, weights=weights)
     run.close()

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 
 from ..errors import UserError
 
 # flag dest -> (config section, field). Each flag exists here once; help comes from the config docstrings.
 FLAGS: dict[str, tuple[str, str]] = {
     "student": ("model", "student"),
-    "teacher": ("model", "teacher"),
+    "teacher_timeout": ("model", "teacher_timeout_s"),
+    "teacher_retries": ("model", "teacher_retries"),
+    "teacher_field": ("run", "teacher_field"),
     "device": ("model", "device"),
     "teacher_device": ("model", "teacher_device"),
     "dtype": ("model", "dtype"),
@@ -68,7 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     a = parser.add_argument
     a("--student", metavar="S", help="student: HF id, folder or alias (e.g. smollm2-135m-instruct)")
-    a("--teacher", metavar="T", help="teacher: HF id, folder or alias; same tokenizer as the student")
+    a("--teacher", metavar="T", action="append",
+      help="teacher: HF id, folder, alias or the URL of a vLLM server (http://HOST:PORT/v1); same tokenizer as the "
+           "student. Several: --teacher NAME=SPEC once each, every prompt row naming its teacher in --teacher-field")  # fmt: skip
+    a("--teacher-field", metavar="NAME", help="column naming each row's teacher, with several teachers (default teacher)")
+    a("--teacher-timeout", type=float, metavar="S", help="served teacher: seconds per request (default 120)")
+    a("--teacher-retries", type=int, metavar="N", help="served teacher: retries before the run stops (default 4)")
     a("--data", metavar="SOURCE", help="prompts: a JSONL/parquet file, a datasets folder or a hub dataset id")
     a("--data-split", metavar="NAME", help="split of a dataset folder or hub dataset (default train)")
     a("--data-field", metavar="NAME", help="column holding the problem text (default problem)")
@@ -177,6 +185,11 @@ def build_config(args: argparse.Namespace):
         value = getattr(args, dest)
         if value is not None:
             sections.setdefault(section, {})[key] = value
+    if args.teacher:  # one spec, or several NAME=SPEC (a URL's own '=' comes after its '://')
+        named = len(args.teacher) > 1 or re.match(r"[A-Za-z0-9_.-]+=", args.teacher[0])
+        model = sections.setdefault("model", {})
+        model.pop("teacher" if named else "teachers", None)
+        model["teachers" if named else "teacher"] = tuple(args.teacher) if named else args.teacher[0]
     if args.alpha_schedule is not None:
         first, sep, last = args.alpha_schedule.partition(":")
         try:
