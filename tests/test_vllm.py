@@ -264,3 +264,16 @@ def test_two_processes_train_and_evaluate_with_vllm(vllm_pair, tmp_path):
     assert main([*common, "--rollout-engine", "generate", "--output-dir", str(tmp_path / "one")]) == 0
     two, one = ((tmp_path / d / "samples.jsonl").read_text() for d in ("two", "one"))
     assert len(one.splitlines()) == 10 and two == one
+
+
+def test_bf16_engine_under_autocast_stays_close_to_the_trainer(vllm_pair, tmp_path):
+    """--dtype bfloat16: the engine holds bf16 weights, the trainer computes under bf16 autocast; after each
+    step's sync the two log-probs differ by bf16 rounding only (a stale engine at lr 1e-2 would not)."""
+    student, teacher, prompts = vllm_pair
+    out = tmp_path / "bf16"
+    args = ["train", "--student", str(student), "--teacher", str(teacher), "--data", str(prompts), "--output-dir",
+            str(out), "--batch-size", "4", "--max-new-tokens", "8", "--lr", "1e-2", "--max-steps", "3", "--save-every",
+            "0", "--no-progress", "--rollout-engine", "vllm", "--dtype", "bfloat16"]  # fmt: skip
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["rollout/logprob_diff/max"] < 0.05 for r in rows), [r["rollout/logprob_diff/max"] for r in rows]
