@@ -43,8 +43,10 @@ def make_char_tokenizer(swap: tuple[str, str] | None = None):
 
 
 def make_tiny_qwen3(
-    vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: int = 0, extra_rows: int = 0
-):
+    vocab_size: int, *, hidden: int = 32, layers: int = 2, seed: int = 0, extra_rows: int = 0,
+    head_dim: int | None = None, tied: bool = False, context: int = 512,
+):  # fmt: skip
+    """A random Qwen3; ``head_dim`` 32 (heads = hidden / 32, one KV head) is the smallest vLLM's CPU attention runs."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -53,13 +55,29 @@ def make_tiny_qwen3(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=hidden // 4,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
+        num_attention_heads=4 if head_dim is None else hidden // head_dim,
+        num_key_value_heads=2 if head_dim is None else 1,
+        head_dim=hidden // 4 if head_dim is None else head_dim,
+        max_position_embeddings=context,
+        tie_word_embeddings=tied,
     )
     return Qwen3ForCausalLM(config)
+
+
+def _write_pair(root: Path, shapes) -> tuple[Path, Path, Path]:
+    """Student and teacher folders of random models sharing one tokenizer, and 12 prompts (each row also names a
+    teacher, "big" or "self", for multi-teacher runs)."""
+    tokenizer = make_char_tokenizer()
+    for name, seed, kwargs in shapes:
+        model = make_tiny_qwen3(len(tokenizer), seed=seed, **kwargs)
+        model.generation_config.top_k = 50  # like real models: the sampler must override it
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    prompts = root / "prompts.jsonl"
+    rows = [{"id": str(i), "problem": f"Compute {i} + {2 * i}.", "answer": str(3 * i), "teacher": "big" if i % 2
+             else "self"} for i in range(12)]  # fmt: skip
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "student", root / "teacher", prompts
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +86,14 @@ def tiny_pair(tmp_path_factory):
 
     The teacher's output layer has 7 padding rows beyond the tokenizer (like Qwen3's 151,936 vs 151,669).
     """
-    root = tmp_path_factory.mktemp("tiny_pair")
-    tokenizer = make_char_tokenizer()
-    for name, seed, extra, hidden in (("student", 0, 0, 32), ("teacher", 1, 7, 48)):
-        model = make_tiny_qwen3(len(tokenizer), hidden=hidden, seed=seed, extra_rows=extra)
-        model.generation_config.top_k = 50  # like real models: the sampler must override it
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    prompts = root / "prompts.jsonl"
-    rows = [{"id": str(i), "problem": f"Compute {i} + {2 * i}.", "answer": str(3 * i)} for i in range(12)]
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "student", root / "teacher", prompts
+    shapes = (("student", 0, {"hidden": 32}), ("teacher", 1, {"hidden": 48, "extra_rows": 7}))
+    return _write_pair(tmp_path_factory.mktemp("tiny_pair"), shapes)
+
+
+@pytest.fixture(scope="session")
+def head32_pair(tmp_path_factory):
+    """Like ``tiny_pair`` at head size 32, the smallest vLLM's CPU attention runs (tests/test_vllm.py,
+    tests/test_served.py)."""
+    shapes = (("student", 0, {"hidden": 64, "head_dim": 32, "context": 1024}),
+              ("teacher", 1, {"hidden": 96, "head_dim": 32, "context": 1024}))  # fmt: skip
+    return _write_pair(tmp_path_factory.mktemp("head32_pair"), shapes)

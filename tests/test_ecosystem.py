@@ -210,16 +210,18 @@ def test_teacher_device_places_the_teacher_there_and_names_a_missing_one(
 ):
     """On this CPU machine the only other device name is the same device: the run is the same run, the teacher
     loaded onto the named device; a GPU that is not there is a one-line error before anything is written."""
+    import poweropd.models as models_module
     import poweropd.train as train_module
 
     placed = {}
-    real = train_module.load_causal_lm
+    real = models_module.load_causal_lm
 
     def spy(name, **kwargs):
         placed[kwargs["what"]] = str(kwargs["device"])
         return real(name, **kwargs)
 
-    monkeypatch.setattr(train_module, "load_causal_lm", spy)
+    monkeypatch.setattr(train_module, "load_causal_lm", spy)  # the student
+    monkeypatch.setattr(models_module, "load_causal_lm", spy)  # teachers (teacher.load_teachers)
     assert main(_train(tiny_pair, tiny_pair[2], tmp_path / "plain")) == 0
     assert main(_train(tiny_pair, tiny_pair[2], tmp_path / "placed", "--teacher-device", "cpu:0")) == 0
     assert placed["--teacher"] == "cpu:0"

@@ -29,21 +29,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    """(student_dir, teacher_dir, prompts_jsonl, routed_prompts_jsonl) at head size 32 (vLLM's CPU attention)."""
-    from conftest import make_char_tokenizer
-    from test_vllm import make_model
-
-    root = tmp_path_factory.mktemp("served_pair")
-    tokenizer = make_char_tokenizer()
-    for name, seed, hidden in (("student", 0, 64), ("teacher", 1, 96)):
-        model = make_model(len(tokenizer), hidden=hidden, seed=seed)
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    rows = [{"id": str(i), "problem": f"Compute {i} + {2 * i}.", "teacher": "big" if i % 2 else "self"}
-            for i in range(12)]  # fmt: skip
-    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "student", root / "teacher", root / "prompts.jsonl"
+def pair(head32_pair):
+    """(student_dir, teacher_dir, prompts_jsonl) at head size 32; each row names a teacher, "big" or "self"."""
+    return head32_pair
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +82,7 @@ class Proxy:
                 if self.path.endswith("/completions"):
                     proxy.left -= 1
                     if proxy.left < 0:  # the server is gone: no answer, and no more listening
-                        threading.Thread(target=proxy.httpd.shutdown).start()
+                        threading.Thread(target=proxy.die).start()
                         self.close_connection = True
                         return
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
@@ -112,20 +100,27 @@ class Proxy:
             def do_POST(self):
                 self._forward("POST")
 
+        self.dead = False
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
+    def die(self):
+        """Stop serving and close the listening socket: later connections are refused, as by a dead server."""
+        if not self.dead:
+            self.dead = True
+            self.httpd.shutdown()
+            self.httpd.server_close()
+
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.die()
 
 
 def _train(pair, out, teacher_args, *extra):
     student, _, prompts = pair
     return ["train", "--student", str(student), *teacher_args, "--data", str(prompts), "--output-dir", str(out),
             "--batch-size", "4", "--max-new-tokens", "8", "--lr", "1e-3", "--no-progress", "--reward", "power",
-            "--alpha", "2", "--save-every", "2", "--teacher-retries", "1", *extra]  # fmt: skip
+            "--alpha", "2", "--save-every", "2", "--teacher-retries", "1", "--teacher-timeout", "20", *extra]  # fmt: skip
 
 
 def _metrics(out):

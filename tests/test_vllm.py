@@ -28,33 +28,15 @@ LONG = [[1] + [30 + (i * 7) % 60 for i in range(300)]]  # beyond the CPU block s
 
 
 def make_model(vocab_size: int, *, hidden: int = 64, tied: bool = False, seed: int = 0, extra_rows: int = 0):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from conftest import make_tiny_qwen3
 
-    torch.manual_seed(seed)
-    config = Qwen3Config(
-        vocab_size=vocab_size + extra_rows, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=hidden // 32, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-        tie_word_embeddings=tied,
-    )  # fmt: skip
-    return Qwen3ForCausalLM(config)
+    return make_tiny_qwen3(vocab_size, hidden=hidden, seed=seed, extra_rows=extra_rows, head_dim=32, tied=tied,
+                           context=1024)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def vllm_pair(tmp_path_factory):
-    """(student_dir, teacher_dir, prompts_jsonl) like conftest's tiny_pair, at head size 32."""
-    from conftest import make_char_tokenizer
-
-    root = tmp_path_factory.mktemp("vllm_pair")
-    tokenizer = make_char_tokenizer()
-    for name, seed, hidden in (("student", 0, 64), ("teacher", 1, 96)):
-        model = make_model(len(tokenizer), hidden=hidden, seed=seed)
-        model.generation_config.top_k = 50  # like real models: the sampler must override it
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    prompts = root / "prompts.jsonl"
-    rows = [{"id": str(i), "problem": f"Compute {i} + {2 * i}.", "answer": str(3 * i)} for i in range(12)]
-    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "student", root / "teacher", prompts
+@pytest.fixture
+def vllm_pair(head32_pair):
+    return head32_pair
 
 
 def _rows(rollouts):
