@@ -135,10 +135,10 @@ CASES = [
     ("prune-not-a-model", lambda f, o: ["prune", "--model", str(f["root"] / "not_a_model"), "--keep-layers", "0", "--output-dir", str(o / "pruned")], "not_a_model"),
     ("demo-method", lambda f, o: ["demo", "--methods", "bogus", "--output-dir", str(o)], "--methods bogus"),
     ("demo-seeds", lambda f, o: ["demo", "--seeds", "0", "--output-dir", str(o)], "--seeds"),
-    ("train-vllm-head-size", lambda f, o: [*_train(f, o), "--rollout-engine", "vllm"], "does not support head size 8"),
+    ("train-vllm-head-size", lambda f, o: [*_train(f, o), "--rollout-engine", "vllm"], "; use --rollout-engine generate, loop or continuous"),  # head size 8, or no vLLM
     ("train-vllm-kv-cache", lambda f, o: [*_train(f, o), "--rollout-engine", "vllm", "--vllm-kv-cache-gb", "0"], "--vllm-kv-cache-gb"),
     ("eval-vllm-gpu-fraction", lambda f, o: ["eval", "--model", str(f["student"]), "--benchmarks", "gsm8k", "--rollout-engine", "vllm", "--vllm-gpu-memory-utilization", "1.5", "--output-dir", str(o)], "--vllm-gpu-memory-utilization"),
-    ("demo-vllm-head-size", lambda f, o: ["demo", "--rollout-engine", "vllm", "--output-dir", str(o)], "head size 24"),
+    ("demo-vllm-head-size", lambda f, o: ["demo", "--rollout-engine", "vllm", "--output-dir", str(o)], "--rollout-engine vllm with the task student"),
 ]
 # fmt: on
 
