@@ -310,3 +310,18 @@ def test_full_kl_takes_the_teacher_logprobs_from_its_own_pass():
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="needs the teacher's log-probs"):
         compute_gradients(student, rollouts, scores, make_objective(RewardConfig(name="power")), **kwargs)
+
+
+def test_resume_keeps_the_teacher_also_for_a_checkpoint_that_does_not_record_it(tiny_pair, tmp_path, capsys):
+    """Checkpoints record the teachers (name and model); one written before they did is compared by the run's
+    config.yaml instead, so an older run cannot be resumed against another teacher either."""
+    student, teacher, prompts = tiny_pair
+    out = tmp_path / "run"
+    assert main(_train_args(tiny_pair, out, "--max-steps", "2", "--save-every", "2")) == 0
+    state = out / "checkpoints" / "step-2" / "state.json"
+    assert json.loads(state.read_text())["teachers"] == {"": str(teacher)}
+    older = {k: v for k, v in json.loads(state.read_text()).items() if k != "teachers"}
+    state.write_text(json.dumps(older))
+    other = _train_args((student, student, prompts), out, "--max-steps", "3", "--save-every", "2", "--resume")
+    assert main(other) == 2 and "expected the same names and models" in capsys.readouterr().err
+    assert main(_train_args(tiny_pair, out, "--max-steps", "3", "--save-every", "2", "--resume")) == 0

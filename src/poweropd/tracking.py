@@ -321,11 +321,19 @@ def load_training_state(checkpoint: Path, optimizer, scheduler, load_optimizer=N
     return json.loads((checkpoint / "state.json").read_text())
 
 
-def check_same_teachers(checkpoint: Path, identities: dict[str, str]) -> None:
+def check_same_teachers(checkpoint: Path, identities: dict[str, str], specs: dict[str, str]) -> None:
     """``--resume`` keeps the run's teachers: the same names and models (a served teacher is its model id, so a new
-    URL for the same model is accepted); else one line."""
+    URL for the same model is accepted); else one line. A checkpoint written before teachers were recorded is
+    compared by its config.yaml's teacher spec instead."""
     saved = json.loads((Path(checkpoint) / "state.json").read_text()).get("teachers")
-    if saved is not None and saved != identities:
+    if saved is None:
+        import yaml
+
+        config = Path(checkpoint).parents[1] / "config.yaml"
+        model = (yaml.safe_load(config.read_text()) or {}).get("model", {}) if config.exists() else {}
+        saved = dict(t.split("=", 1) for t in model.get("teachers") or []) or {"": model.get("teacher", "")}
+        identities = specs
+    if saved != identities:
         show = lambda d: ", ".join(f"{k or 'teacher'}: {v}" for k, v in sorted(d.items()))  # noqa: E731
         raise UserError(f"--resume: the teachers are {show(identities)} but the run in {Path(checkpoint).parents[1]} "
                         f"used {show(saved)} (expected the same names and models; a served teacher may change URL)")  # fmt: skip

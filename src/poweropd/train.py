@@ -270,7 +270,7 @@ def train(
                              temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size, needs_hidden=full_kl)  # fmt: skip
     identities = {name: t.identity for name, t in teachers.items()}
     if checkpoint is not None:
-        check_same_teachers(checkpoint, identities)
+        check_same_teachers(checkpoint, identities, cfg.model.teacher_specs)
     # the one in-process teacher, if that is what the run has (FSDP shards it; full_kl reads its output layer)
     teacher = teachers[""].model if "" in teachers else None
     if resolve_engine(cfg.rollout.engine, student) == "vllm":  # before anything is written
