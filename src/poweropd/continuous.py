@@ -37,10 +37,16 @@ class CacheSize:
     max_batch_tokens: int
 
 
+def head_size(model_config) -> int:
+    """The attention head size: ``head_dim`` where the config sets it, else hidden / heads."""
+    cfg = model_config.get_text_config()
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
 def kv_bytes_per_token(model_config, dtype: torch.dtype) -> int:
     """Bytes of K and V per cached token over all layers."""
     cfg = model_config.get_text_config()
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    head_dim = head_size(model_config)
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     return 2 * cfg.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
 

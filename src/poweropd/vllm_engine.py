@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from .continuous import head_size, kv_bytes_per_token
 from .errors import UserError, require
 from .rollout import Rollouts, _PromptSampler, build_rollouts
 
@@ -78,11 +79,6 @@ class VLLMOptions:
                 self.gpu_memory_utilization)  # fmt: skip
         require(self.max_model_len is None or self.max_model_len >= 1, "--vllm-max-model-len",
                 "an integer ≥ 1", self.max_model_len)  # fmt: skip
-
-
-def head_size(model_config) -> int:
-    cfg = model_config.get_text_config()
-    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
 def unsupported_reason(model, device: torch.device | str, options: VLLMOptions | None = None) -> str | None:
@@ -125,12 +121,6 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def _kv_bytes_per_token(model_config, dtype: torch.dtype) -> int:
-    from .continuous import kv_bytes_per_token
-
-    return kv_bytes_per_token(model_config, dtype)
-
-
 class _Engine:
     """One ``vllm.LLM`` built from a model's config; its weights are loaded from the model by ``load``."""
 
@@ -148,9 +138,9 @@ class _Engine:
         Path(self._folder.name, "config.json").write_text(json.dumps(config))
         memory = {}
         if device.type == "cpu":
-            wanted = max(kv_tokens, max_model_len + 256) * _kv_bytes_per_token(model.config, dtype)
-            default = min(2 * 1024**3, int(1.2 * wanted))
-            default = max(default, (max_model_len + 256) * _kv_bytes_per_token(model.config, dtype))
+            per_token = kv_bytes_per_token(model.config, dtype)
+            one_sequence = (max_model_len + 256) * per_token  # vLLM refuses a cache that cannot hold one
+            default = max(min(2 * 1024**3, int(1.2 * max(kv_tokens * per_token, one_sequence))), one_sequence)
             gb = options.kv_cache_gb
             memory["kv_cache_memory_bytes"] = int(gb * 1024**3) if gb is not None else default
         else:
