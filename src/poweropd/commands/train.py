@@ -13,165 +13,26 @@ import re
 
 from ..errors import UserError
 
-# flag dest -> (config section, field). Each flag exists here once; help comes from the config docstrings.
-FLAGS: dict[str, tuple[str, str]] = {
-    "student": ("model", "student"),
-    "teacher_timeout": ("model", "teacher_timeout_s"),
-    "teacher_retries": ("model", "teacher_retries"),
-    "teacher_field": ("run", "teacher_field"),
-    "device": ("model", "device"),
-    "teacher_device": ("model", "teacher_device"),
-    "dtype": ("model", "dtype"),
-    "data": ("run", "data"),
-    "data_split": ("run", "data_split"),
-    "data_field": ("run", "data_field"),
-    "output_dir": ("run", "output_dir"),
-    "reward": ("reward", "name"),
-    "alpha": ("reward", "alpha"),
-    "clip_low": ("reward", "clip_low"),
-    "clip_high": ("reward", "clip_high"),
-    "tanh_tau": ("reward", "tanh_tau"),
-    "token_select": ("reward", "token_select"),
-    "max_steps": ("run", "max_steps"),
-    "batch_size": ("run", "batch_size"),
-    "micro_batch_size": ("run", "micro_batch_size"),
-    "seed": ("run", "seed"),
-    "save_every": ("run", "save_every"),
-    "positions_every": ("run", "positions_every"),
-    "keep_last": ("run", "keep_last"),
-    "report_to": ("run", "report_to"),
-    "max_skipped_steps": ("run", "max_skipped_steps"),
-    "max_new_tokens": ("rollout", "max_new_tokens"),
-    "temperature": ("rollout", "temperature"),
-    "rollout_engine": ("rollout", "engine"),
-    **{dest: ("rollout", dest) for dest in ("vllm_kv_cache_gb", "vllm_gpu_memory_utilization", "vllm_enforce_eager",
-                                            "vllm_sleep", "vllm_max_model_len")},  # fmt: skip
-    "trust_remote_code": ("model", "trust_remote_code"),
-    "gradient_checkpointing": ("model", "gradient_checkpointing"),
-    "lora_rank": ("model", "lora_rank"),
-    "lora_alpha": ("model", "lora_alpha"),
-    "lora_dropout": ("model", "lora_dropout"),
-    "lora_target_modules": ("model", "lora_target_modules"),
-    "merge_lora": ("model", "merge_lora"),
-    "fsdp": ("model", "fsdp"),
-    "lr": ("optim", "lr"),
-    "eval_every": ("eval", "every"),
-    "eval_benchmarks": ("eval", "benchmarks"),
-    "eval_data_dir": ("eval", "data_dir"),
-    "eval_limit": ("eval", "limit"),
-    "eval_n": ("eval", "n"),
-    "eval_max_new_tokens": ("eval", "max_new_tokens"),
-}
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import DEVICES, DTYPES, methods
-    from ..engines import ENGINE_HELP, ENGINES, add_vllm_arguments
-    from ..rewards import REWARDS
+    """Every config field is a flag (flags.py: name, help, default and choices from the field); the eval
+    section's are ``--eval-*``. Declared here: the forms that are not one field = one value."""
+    from ..config import SECTIONS
+    from ..flags import add_section, docstrings
 
     a = parser.add_argument
-    a("--student", metavar="S", help="student: HF id, folder or alias (e.g. smollm2-135m-instruct)")
+    a("--config", metavar="PRESET.yaml", help="YAML preset (sections model/rollout/reward/optim/eval/run); flags override it")  # fmt: skip
+    model = SECTIONS["model"]
     a("--teacher", metavar="T", action="append",
-      help="teacher: HF id, folder, alias or the URL of a vLLM server (http://HOST:PORT/v1); same tokenizer as the "
-           "student. Several: --teacher NAME=SPEC once each, every prompt row naming its teacher in --teacher-field")  # fmt: skip
-    a("--teacher-field", metavar="NAME", help="column naming each row's teacher, with several teachers (default teacher)")
-    a("--teacher-timeout", type=float, metavar="S", help="served teacher: seconds per request (default 120)")
-    a("--teacher-retries", type=int, metavar="N", help="served teacher: retries before the run stops (default 4)")
-    a("--data", metavar="SOURCE", help="prompts: a JSONL/parquet file, a datasets folder or a hub dataset id")
-    a("--data-split", metavar="NAME", help="split of a dataset folder or hub dataset (default train)")
-    a("--data-field", metavar="NAME", help="column holding the problem text (default problem)")
-    a("--output-dir", metavar="DIR", help="run directory")
-    a(
-        "--config",
-        metavar="PRESET.yaml",
-        help="YAML preset (sections model/rollout/reward/optim/eval/run); flags override it",
-    )
-    a(
-        "--reward",
-        choices=methods(),
-        help="training signal (default power): "
-        + "; ".join(f"{name}: {record.citation}" for name, record in REWARDS.items())
-        + "; full_kl: the exact reverse KL at every position",
-    )
-    a(
-        "--alpha",
-        type=float,
-        metavar="A",
-        help="α of power (π_T^α − π_S^α) or proximal (0 < α ≤ 1); default 1.0",
-    )
-    a(
-        "--alpha-schedule",
-        metavar="A0:A1",
-        help="α from A0 at the first step to A1 at the last, geometrically (power, proximal); overrides --alpha",
-    )
-    a(
-        "--token-select",
-        metavar="entropy:K",
-        help="train on the fraction K of each micro-batch's tokens with the highest student entropy",
-    )
-    a("--clip-low", type=float, metavar="L", help="lower bound of the clip reward (default −1)")
-    a("--clip-high", type=float, metavar="H", help="upper bound of the clip reward (default 1)")
-    a("--tanh-tau", type=float, metavar="TAU", help="tanh reward temperature (default 1)")
-    a("--max-steps", type=int, metavar="N", help="optimizer steps (default 1500)")
-    a("--batch-size", type=int, metavar="B", help="rollouts per optimizer step, all processes (default 32)")
-    a("--micro-batch-size", type=int, metavar="M", help="rollouts per forward/backward (default: all)")
-    a("--max-new-tokens", type=int, metavar="T", help="longest rollout (default 1024)")
-    a("--temperature", type=float, metavar="X", help="sampling temperature (default 1.0)")
-    a(
-        "--rollout-engine",
-        choices=ENGINES,
-        help=ENGINE_HELP + "; default generate",
-    )
-    add_vllm_arguments(parser)
-    a("--lr", type=float, metavar="LR", help="AdamW learning rate (default 5e-7)")
-    a("--seed", type=int, metavar="S", help="seed of data order and sampling (default 0)")
-    a("--save-every", type=int, metavar="K", help="checkpoint every K steps (default 100; 0 = final only)")
-    a("--positions-every", type=int, metavar="K", help="per-position statistics every K steps (default 10)")
-    a(
-        "--report-to",
-        metavar="LIST",
-        help="metric destinations: jsonl, tensorboard, wandb (default jsonl,tensorboard)",
-    )
-    a(
-        "--keep-last",
-        type=int,
-        metavar="K",
-        help="checkpoints kept, older removed once a newer is complete (default 3; 0 = all)",
-    )
-    a("--max-skipped-steps", type=int, metavar="N",
-      help="stop after N consecutive steps with a NaN/inf loss or gradient norm, each skipped (default 3)")  # fmt: skip
+      help=f"{docstrings(model)['teacher']} Several: --teacher NAME=SPEC once each. {docstrings(model)['teachers']}")  # fmt: skip
+    reward = SECTIONS["reward"]
+    a("--alpha-schedule", metavar="A0:A1", help=docstrings(reward)["alpha_end"] + " Overrides --alpha.")
+    fields = {}
+    for section, cls in SECTIONS.items():
+        fields.update(add_section(parser, cls, prefix="eval-" if section == "eval" else ""))
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
-    a("--device", choices=DEVICES, help="student device (default cuda where a GPU is visible, else cpu)")
-    a("--teacher-device", metavar="DEV", help="teacher device, e.g. cuda:1 (default: the student's)")
-    a(
-        "--lora-rank",
-        type=int,
-        metavar="R",
-        help="train a LoRA adapter of rank R through peft (default 0: all weights)",
-    )
-    a("--lora-alpha", type=float, metavar="A", help="LoRA scaling alpha (default: the rank)")
-    a("--lora-dropout", type=float, metavar="D", help="LoRA dropout (default 0)")
-    a("--lora-target-modules", metavar="LIST", help="peft target modules (default all-linear)")
-    a(
-        "--merge-lora",
-        action="store_true",
-        default=None,
-        help="also write final-merged/, the adapter merged in",
-    )
-    a("--fsdp", action="store_true", default=None,
-      help="shard the student and teacher over the processes with FSDP2 (2+ processes: accelerate launch)")  # fmt: skip
-    a("--gradient-checkpointing", action="store_true", default=None,
-      help="recompute the student's decoder layers in the backward pass (less memory, ~1 more forward)")  # fmt: skip
-    a("--trust-remote-code", action="store_true", default=None,
-      help="run Python code shipped with a model (transformers' trust_remote_code; off by default)")  # fmt: skip
-    a("--dtype", choices=DTYPES, help="compute dtype (default float32)")
-    a("--eval-every", type=int, metavar="K", help="evaluate every K steps (default 0 = never)")
-    a("--eval-benchmarks", metavar="LIST", help="benchmarks for --eval-every (default gsm8k)")
-    a("--eval-data-dir", metavar="DIR", help="folder of benchmark JSONL files (default: the HF hub)")
-    a("--eval-limit", type=int, metavar="K", help="problems per benchmark (default 50)")
-    a("--eval-n", type=int, metavar="N", help="samples per problem (default 4)")
-    a("--eval-max-new-tokens", type=int, metavar="T", help="longest evaluation response (default 1024)")
     a("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(_fields=fields)
 
 
 def build_config(args: argparse.Namespace):
@@ -181,7 +42,7 @@ def build_config(args: argparse.Namespace):
     sections = read_preset(args.config) if args.config else {}
     source = f"--config {args.config}" if args.config else "flags"
     # Preset keys are checked before flags fill in required fields, so a typo is named as the preset's.
-    for dest, (section, key) in FLAGS.items():
+    for dest, (section, key) in args._fields.items():
         value = getattr(args, dest)
         if value is not None:
             sections.setdefault(section, {})[key] = value

@@ -1,0 +1,82 @@
+"""Flags, help, choices and traits read from the config fields (flags.py; issue #24, point 4)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from poweropd.cli import build_parser
+from poweropd.config import SECTIONS, EvalConfig, ModelConfig, RewardConfig, RolloutConfig, RunConfig
+from poweropd.errors import UserError
+from poweropd.flags import docstrings, field_flags, flag_name
+
+REQUIRED = ["--student", "s", "--teacher", "t", "--data", "d.jsonl", "--output-dir", "o"]
+
+
+def _train_help() -> str:
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    return sub.format_help()
+
+
+def _build(*flags: str):
+    from poweropd.commands.train import build_config
+
+    return build_config(build_parser().parse_args(["train", *REQUIRED, *flags]))
+
+
+def test_every_field_is_a_flag_of_train_with_its_docstring_and_default():
+    text = " ".join(_train_help().split())
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            flag = flag_name(cls, f.name, "eval-" if section == "eval" else "")
+            if section == "eval" and f.metadata.get("train") is False:
+                continue
+            assert f"{flag} " in text, flag
+            assert f.name in docstrings(cls), f"{section}.{f.name} has no docstring"
+    assert "Optimizer steps. (default 1500)" in text  # computed from the field, not copied
+    assert "--rollout-engine {generate,loop,continuous,vllm,auto}" in text  # engines.ENGINES
+
+
+def test_new_flags_reach_their_fields():
+    cfg = _build("--top-k", "5", "--warmup-ratio", "0.1", "--eval-temperature", "0", "--chunk-size", "64",
+                 "--eval-rollout-engine", "loop", "--no-vllm-enforce-eager", "--teacher-timeout", "3")  # fmt: skip
+    assert (cfg.rollout.top_k, cfg.optim.warmup_ratio, cfg.eval.temperature, cfg.run.chunk_size) == (
+        5,
+        0.1,
+        0.0,
+        64,
+    )
+    assert (cfg.eval.engine, cfg.rollout.vllm_enforce_eager, cfg.model.teacher_timeout_s) == (
+        "loop",
+        False,
+        3.0,
+    )
+    assert _build().rollout.top_k == 0  # a flag not given leaves the field default
+
+
+def test_messages_name_the_field_and_its_flags():
+    cases = [
+        (lambda: ModelConfig(student="s", teacher="t", dtype="int8"), "model.dtype (--dtype): expected one of float32, bfloat16"),
+        (lambda: RolloutConfig(engine="x"), "rollout.engine (--rollout-engine): expected one of generate, loop"),
+        (lambda: EvalConfig(engine="x"), "eval.engine (--rollout-engine, --eval-rollout-engine)"),
+        (lambda: EvalConfig(every=-1), "eval.every (--eval-every)"),
+        (lambda: RewardConfig(name="x"), "reward.name (--reward): expected one of log_ratio"),
+        (lambda: RewardConfig(name="clip", alpha_end=2.0), "reward.alpha_end (--alpha-schedule)"),
+        (lambda: RunConfig(data="d", output_dir="o", keep_last=-1), "run.keep_last (--keep-last)"),
+        (lambda: ModelConfig(student="s", teachers=("x",)), "model.teachers (--teacher NAME=SPEC)"),
+    ]  # fmt: skip
+    for make, expected in cases:
+        with pytest.raises(UserError) as err:
+            make()
+        assert expected in str(err.value)
+    assert field_flags(EvalConfig, "n") == ("--n", "--eval-n")
+
+
+def test_resumable_is_a_trait_of_the_fields():
+    from poweropd import config, tracking
+
+    assert config.RESUMABLE_CHANGES["model"] >= {"device", "teacher", "teachers"}
+    assert "lr" not in config.RESUMABLE_CHANGES.get("optim", set())
+    # while tracking.py still holds its own copy, the two agree (it should import config's)
+    assert tracking.RESUMABLE_CHANGES == config.RESUMABLE_CHANGES
