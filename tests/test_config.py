@@ -80,3 +80,27 @@ def test_resumable_is_a_trait_of_the_fields():
     assert "lr" not in config.RESUMABLE_CHANGES.get("optim", set())
     # while tracking.py still holds its own copy, the two agree (it should import config's)
     assert tracking.RESUMABLE_CHANGES == config.RESUMABLE_CHANGES
+
+
+def test_eval_command_defaults_are_its_named_preset():
+    from poweropd.config import EVAL_COMMAND
+
+    args = build_parser().parse_args(["eval", "--model", "m"])
+    given = {key: getattr(args, dest) for dest, (_, key) in args._fields.items()}
+    assert EvalConfig(**given) == EVAL_COMMAND
+    before = {"benchmarks": ("all",), "limit": None, "n": 8, "max_new_tokens": 2048, "batch_size": 16,
+              "temperature": 0.6, "top_p": 0.95, "seed": 0, "engine": "generate", "data_dir": None}  # fmt: skip
+    assert {k: getattr(EVAL_COMMAND, k) for k in before} == before  # what `poweropd eval` always defaulted to
+    assert (args.device, args.dtype, args.trust_remote_code) == ("cpu", "float32", False)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "diagnose", "demo"])
+def test_shared_flags_are_the_fields_flags(command):
+    """--rollout-engine and the vLLM flags: one declaration (the RolloutConfig fields) in every command."""
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    actions = {a.option_strings[0]: a for a in sub._actions if a.option_strings}
+    assert actions["--rollout-engine"].choices == ("generate", "loop", "continuous", "vllm", "auto")
+    if command != "demo":
+        assert "--vllm-gpu-memory-utilization" in actions and actions["--trust-remote-code"].help.startswith(
+            "Run"
+        )

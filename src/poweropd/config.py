@@ -114,6 +114,12 @@ class ModelConfig:
                 "0 (LoRA under FSDP is not supported)", self.lora_rank)  # fmt: skip
 
 
+def _benchmark_names() -> str:
+    from .benchmark_data import BENCHMARKS
+
+    return f"Known: {', '.join(BENCHMARKS)}, or all."
+
+
 def _engines() -> tuple[str, ...]:
     from .engines import ENGINES
 
@@ -308,7 +314,7 @@ class EvalConfig:
 
     every: int = arg(0, train_only=True, resumable=True)
     """Training only: evaluate every K optimizer steps (and after the last); 0 = never."""
-    benchmarks: tuple[str, ...] = arg(("gsm8k",), resumable=True)
+    benchmarks: tuple[str, ...] = arg(("gsm8k",), more=lambda: _benchmark_names(), resumable=True)
     """Benchmark names (see `poweropd eval`; a comma-separated string is accepted); the demo evaluates its
     own task."""
     data_dir: str | None = arg(None, metavar="DIR", resumable=True)
@@ -466,6 +472,10 @@ class TrainConfig:
 SECTIONS = {"model": ModelConfig, "rollout": RolloutConfig, "reward": RewardConfig, "optim": OptimConfig,
             "eval": EvalConfig, "run": RunConfig}  # fmt: skip
 """The sections of a run's configuration (config.yaml, presets) by name."""
+
+EVAL_COMMAND = EvalConfig(benchmarks=("all",), limit=None, n=8, max_new_tokens=2048, batch_size=16)
+"""`poweropd eval`'s defaults: every benchmark, all problems, Avg@8 as in the paper, room for long answers."""
+
 
 RESUMABLE_CHANGES = resumable_changes()
 """Settings that ``--resume`` may change (the fields' ``resumable`` trait); any other difference from the run's

@@ -70,28 +70,21 @@ ENGINE_HELP = (
 )
 
 
+VLLM_FIELDS = ("vllm_kv_cache_gb", "vllm_gpu_memory_utilization", "vllm_enforce_eager", "vllm_sleep",
+               "vllm_max_model_len")  # fmt: skip
+"""The RolloutConfig fields of the vLLM engine (speed and memory only)."""
+
+
 def add_vllm_arguments(parser: argparse.ArgumentParser) -> None:
-    """The vLLM engine's flags (speed and memory only), the same in every command; defaults: VLLMOptions."""
-    a = parser.add_argument
-    a("--vllm-kv-cache-gb", type=float, metavar="GB",
-      help="vllm on CPU: GiB of KV cache (default: what a call needs, at most 2)")  # fmt: skip
-    a("--vllm-gpu-memory-utilization", type=float, metavar="F",
-      help="vllm on CUDA: fraction of the GPU the engine may take (default 0.3; the trainer shares it)")  # fmt: skip
-    a("--vllm-enforce-eager", action=argparse.BooleanOptionalAction, default=None,
-      help="vllm: no torch.compile / CUDA graphs (default: eager on CPU, graphs on CUDA)")  # fmt: skip
-    a("--vllm-sleep", action="store_true", default=None,
-      help="vllm on CUDA: free the engine's weights and KV cache between rollouts (sleep mode)")  # fmt: skip
-    a("--vllm-max-model-len", type=int, metavar="L",
-      help="vllm: longest prompt + response (default: what the first call needs, at least 2048)")  # fmt: skip
+    """The vLLM engine's flags, the same in every command: RolloutConfig's fields (flags.py)."""
+    from .config import RolloutConfig
+    from .flags import add_field
+
+    for name in VLLM_FIELDS:
+        add_field(parser, RolloutConfig, name)
 
 
-VLLM_FLAGS = {
-    "vllm_kv_cache_gb": "kv_cache_gb",
-    "vllm_gpu_memory_utilization": "gpu_memory_utilization",
-    "vllm_enforce_eager": "enforce_eager",
-    "vllm_sleep": "sleep",
-    "vllm_max_model_len": "max_model_len",
-}
+VLLM_FLAGS = {name: name.removeprefix("vllm_") for name in VLLM_FIELDS}
 """Flag dest -> VLLMOptions field."""
 
 

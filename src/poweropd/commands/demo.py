@@ -13,7 +13,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engines import ENGINE_HELP, ENGINES
+    from ..config import RolloutConfig
+    from ..demo import DemoConfig
+    from ..flags import add_field, default_of
 
     a = parser.add_argument
     group = parser.add_mutually_exclusive_group()
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="train the task's teacher and student by their recipe (~6 min) instead of using the shipped ones",
     )
-    a("--rollout-engine", choices=ENGINES, help=ENGINE_HELP + "; default loop")
+    add_field(parser, RolloutConfig, "engine", shown=default_of(DemoConfig, "rollout_engine"))
     a("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -46,29 +46,30 @@ def _temperature(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engines import ENGINE_HELP, ENGINES, add_vllm_arguments
+    from ..config import ModelConfig, RolloutConfig, RunConfig
+    from ..engines import add_vllm_arguments
+    from ..flags import add_field
+    from ..models import DTYPES as LOAD_DTYPES
 
     parser.add_argument("--teacher", required=True, help="hub id, local folder or alias of the teacher")
     parser.add_argument("--student", required=True, help="hub id, local folder or alias of the student")
     parser.add_argument("--data", required=True, type=Path, help="JSONL of prompts with a 'problem' field")
     parser.add_argument("--num-prompts", type=_positive_int, default=32, help="first N rows of --data (32)")
     parser.add_argument("--samples-per-prompt", type=_positive_int, default=1, help="rollouts per prompt (1)")
-    parser.add_argument("--max-new-tokens", type=_positive_int, default=128, help="response length cap (128)")
-    parser.add_argument("--temperature", type=_temperature, default=1.0, help="sampling temperature (1.0)")
+    # the training fields these flags stand for, with the short defaults of a diagnosis
+    add_field(parser, RolloutConfig, "max_new_tokens", default=128, shown=128, type=_positive_int)
+    add_field(parser, RolloutConfig, "temperature", default=1.0, type=_temperature)
     parser.add_argument(
         "--alphas", type=_alphas, default=[0.1, 1.0, 10.0, 100.0], help="power-reward α values (0.1,1,10,100)"
     )
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="rollouts sampled at once (8)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (0)")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="run Python code shipped with a model"
-    )
-    parser.add_argument(
-        "--rollout-engine", default="generate", choices=ENGINES, help=ENGINE_HELP + "; default generate"
-    )
+    add_field(parser, RunConfig, "seed", default=0)
+    add_field(parser, ModelConfig, "trust_remote_code", default=False)
+    add_field(parser, RolloutConfig, "engine", default="generate")
     add_vllm_arguments(parser)
-    parser.add_argument("--device", default="cpu", help="torch device for both models (cpu)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    # any torch device (cuda:1), for both models; float16 too: the models are only scored, never trained
+    add_field(parser, ModelConfig, "device", default="cpu", shown="cpu", choices=None, metavar="DEV")
+    parser.add_argument("--dtype", default="float32", choices=tuple(LOAD_DTYPES), help="dtype of both models")
     parser.add_argument(
         "--output-dir", required=True, type=Path, help="folder for summary.json, report, figures"
     )

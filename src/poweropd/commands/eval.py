@@ -15,47 +15,21 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..engines import ENGINE_HELP, ENGINES, add_vllm_arguments
+    """EvalConfig's fields as flags, with `poweropd eval`'s own defaults (config.EVAL_COMMAND)."""
+    from ..config import EVAL_COMMAND, EvalConfig, ModelConfig
+    from ..engines import add_vllm_arguments
+    from ..flags import add_field, add_section
 
-    parser.add_argument(
-        "--model", required=True, help="hub id, local folder or alias (e.g. smollm2-135m-instruct)"
-    )
-    parser.add_argument(
-        "--benchmarks",
-        default="all",
-        help="comma list of gsm8k, math500, amc23, aime24, aime25, minerva, olympiadbench, or 'all' (default)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="folder with the benchmark JSONL files (offline); default: load from the Hugging Face hub (needs datasets)",
-    )
-    parser.add_argument("--n", type=int, default=8, help="samples per problem (Avg@n, Pass@n); default 8")
-    parser.add_argument("--temperature", type=float, default=0.6, help="sampling temperature; 0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass in (0, 1]")
-    parser.add_argument("--max-new-tokens", type=int, default=2048, help="response length cap (default 2048)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first K problems of each benchmark")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per generate call (default 16)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run the model")
-    parser.add_argument(
-        "--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights dtype"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="run Python code shipped with the model"
-    )
-    parser.add_argument(
-        "--rollout-engine",
-        default="generate",
-        choices=ENGINES,
-        help=ENGINE_HELP + "; default generate",
-    )
+    a = parser.add_argument
+    a("--model", required=True, help="hub id, local folder or alias (e.g. smollm2-135m-instruct)")
+    fields = add_section(parser, EvalConfig, preset=EVAL_COMMAND)
+    add_field(parser, ModelConfig, "device", default="cpu", shown="cpu")  # not the GPU by default here
+    add_field(parser, ModelConfig, "dtype", default="float32")
+    add_field(parser, ModelConfig, "trust_remote_code", default=False)
     add_vllm_arguments(parser)
-    parser.add_argument(
-        "--output-dir", type=Path, default=None, help="write results.json and samples.jsonl here"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    a("--output-dir", type=Path, default=None, help="write results.json and samples.jsonl here")
+    a("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(_fields=fields)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,24 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import EvalConfig, evaluate_model, format_table, write_results
 
     # Every input is checked before the model loads and before anything is written.
-    cfg = EvalConfig(
-        benchmarks=tuple(resolve_benchmarks(args.benchmarks)),
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        engine=args.rollout_engine,
-    )
+    given = {key: getattr(args, dest) for dest, (_, key) in args._fields.items()}
+    cfg = EvalConfig(**{**given, "benchmarks": tuple(resolve_benchmarks(given["benchmarks"]))})
     vllm = vllm_options(args)
     out = args.output_dir
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out}: expected a folder, found a file")
     if out is not None and (out / "results.json").exists():
         raise UserError(f"--output-dir {out}: already holds results.json; choose another folder or remove it")
-    problems = {name: load_benchmark(name, args.data_dir, cfg.limit) for name in cfg.benchmarks}
+    problems = {name: load_benchmark(name, cfg.data_dir, cfg.limit) for name in cfg.benchmarks}
 
     import torch
 

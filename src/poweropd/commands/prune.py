@@ -12,6 +12,10 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..config import ModelConfig
+    from ..flags import add_field
+    from ..models import DTYPES as LOAD_DTYPES
+
     parser.add_argument("--model", required=True, help="hub id, local folder or alias of the model to prune")
     parser.add_argument(
         "--keep-layers",
@@ -23,12 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="dtype of the saved weights",
+        choices=tuple(LOAD_DTYPES),
+        help="dtype of the saved weights (default float32)",
     )
-    parser.add_argument(
-        "--trust-remote-code", action="store_true", help="run Python code shipped with the model"
-    )
+    add_field(parser, ModelConfig, "trust_remote_code", default=False)
 
 
 def run(args: argparse.Namespace) -> int:
