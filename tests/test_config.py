@@ -30,8 +30,8 @@ def test_every_field_is_a_flag_of_train_with_its_docstring_and_default():
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             flag = flag_name(cls, f.name, "eval-" if section == "eval" else "")
-            if section == "eval" and f.metadata.get("train") is False:
-                continue
+            if (section == "eval" and f.metadata.get("train") is False) or f.name == "extra":
+                continue  # extra: the flags of registered rewards' own hyperparameters (test below)
             assert f"{flag} " in text, flag
             assert f.name in docstrings(cls), f"{section}.{f.name} has no docstring"
     assert "Optimizer steps. (default 1500)" in text  # computed from the field, not copied
@@ -104,3 +104,35 @@ def test_shared_flags_are_the_fields_flags(command):
         assert "--vllm-gpu-memory-utilization" in actions and actions["--trust-remote-code"].help.startswith(
             "Run"
         )
+
+
+def test_a_registered_reward_with_a_new_hyperparameter_gets_a_flag_a_range_and_its_value():
+    """One function and one record: no config field, no flag, no check written for the new hyperparameter."""
+    import torch
+
+    from poweropd.rewards import REWARDS, HParam, Reward, register
+
+    def shifted(teacher_logp_BT, student_logp_BT, mask_BT, *, shift):
+        return torch.where(mask_BT.bool(), teacher_logp_BT - student_logp_BT + shift, 0.0)
+
+    doc = "Added to every token's log ratio."
+    register(Reward("shifted", shifted, "a test's own reward",
+                    {"shift": HParam("reward_shift", 0.5, doc, low=0.0, high=1.0, closed=(False, True))}))  # fmt: skip
+    try:
+        text = " ".join(_train_help().split())
+        assert f"--reward-shift X {doc} (shifted: a number in (0, 1]; default 0.5)" in text
+        cfg = _build("--reward", "shifted", "--reward-shift", "0.25")
+        assert cfg.reward.extra == {"reward_shift": 0.25} and cfg.reward.hparams == {"shift": 0.25}
+        assert RewardConfig(name="shifted").hparams == {"shift": 0.5}  # the record's default
+        ones = torch.ones(1, 2, dtype=torch.bool)
+        reward = cfg.reward.record.bind(**cfg.reward.hparams)(torch.zeros(1, 2), torch.zeros(1, 2), ones)
+        assert torch.equal(reward, torch.full((1, 2), 0.25))
+        with pytest.raises(
+            UserError, match=r"reward.reward_shift \(--reward-shift\): expected a number in \(0, 1\]"
+        ):
+            _build("--reward", "shifted", "--reward-shift", "2")
+        with pytest.raises(UserError, match="reward.extra"):
+            RewardConfig(extra={"bogus": 1.0})
+    finally:
+        REWARDS.pop("shifted", None)
+    assert "--reward-shift" not in _train_help()

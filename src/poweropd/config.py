@@ -189,43 +189,73 @@ def methods() -> tuple[str, ...]:
 TOKEN_SELECTORS = ("entropy",)
 
 
+def _default(field_name: str) -> float:
+    """A reward hyperparameter's default, from its record (rewards.HParam)."""
+    return next(hp.default for r in REWARDS.values() for hp in r.hparams.values() if hp.field == field_name)
+
+
 @dataclass(frozen=True)
 class RewardConfig:
     name: str = arg("power", flag="--reward", choices=lambda: methods(), more=lambda: _reward_help())
     """Training method: a reward of poweropd.rewards.REWARDS or full_kl."""
-    alpha: float = 1.0
-    """α of the power reward π_T^α − π_S^α (the paper sweeps 0.1 … 500) or of the proximal reward (0, 1]."""
+    # The rewards' hyperparameters: each field is the config.yaml key of an HParam of rewards.REWARDS, whose
+    # record gives its default, range, flag and help (flags.add_reward_hparams); a reward registered with a new
+    # hyperparameter needs no field here: its value lives in ``extra`` under its HParam.field.
+    alpha: float = arg(_default("alpha"), special=True)
+    """α (rewards.REWARDS: power, proximal)."""
     alpha_end: float | None = arg(None, flag="--alpha-schedule", special=True)
     """α at the last step (--alpha-schedule A0:A1): α moves geometrically from ``alpha`` to it over training."""
-    clip_low: float = -1.0
+    clip_low: float = arg(_default("clip_low"), special=True)
     """Lower bound of the clip reward."""
-    clip_high: float = 1.0
+    clip_high: float = arg(_default("clip_high"), special=True)
     """Upper bound of the clip reward."""
-    tanh_tau: float = 1.0
-    """Temperature of the tanh reward: tanh(log_ratio / tau)."""
+    tanh_tau: float = arg(_default("tanh_tau"), special=True)
+    """Temperature of the tanh reward."""
     token_select: str | None = arg(None, metavar="entropy:K")
     """Train on a fraction of the tokens only: ``entropy:K`` keeps the fraction K of each micro-batch's valid
     tokens with the highest student entropy (TIP: token importance in OPD); None keeps every token."""
+    extra: dict[str, float] = arg(factory=dict, special=True)
+    """Hyperparameters of registered rewards that have no field above: {HParam.field: value}."""
 
     def __post_init__(self):
         check_choice(self, "name")
-        record = REWARDS.get(self.name)
-        for key, value in (("alpha", self.alpha), ("alpha_end", self.alpha_end)):
-            if value is not None and record is not None and "alpha" in record.hparams:
-                require(record.accepts_alpha(value), where(self, key), record.alpha_expected(), value)
-            elif value is not None:
-                require(value > 0, where(self, key), "a number > 0", value)
+        record, own = self.record, {f.name for f in fields(self)}
+        params = {hp.field: hp for r in REWARDS.values() for hp in r.hparams.values()}  # the first of a name
+        params.update(
+            {hp.field: hp for hp in (record.hparams.values() if record else ())}
+        )  # else the reward's
+        require(set(self.extra) <= params.keys() - own, "reward.extra",
+                f"hyperparameters of a registered reward ({', '.join(sorted(params.keys() - own))})", self.extra)  # fmt: skip
+        for key, hp in params.items():
+            for name in (key, "alpha_end") if key == "alpha" else (key,):
+                value = self._value(hp) if name == key else self.alpha_end
+                if value is not None:
+                    require(hp.accepts(value), self._where(name), hp.expected(), value)
         takes_alpha = [name for name, r in REWARDS.items() if "alpha" in r.hparams]
         require(self.alpha_end is None or self.name in takes_alpha, where(self, "alpha_end"),
                 f"a reward that takes --alpha ({', '.join(takes_alpha)})", self.name)  # fmt: skip
-        require(self.clip_low < self.clip_high, where(self, "clip_low", "clip_high"), "low < high",
-                (self.clip_low, self.clip_high))  # fmt: skip
-        require(self.tanh_tau > 0, where(self, "tanh_tau"), "a number > 0", self.tanh_tau)
+        for r in REWARDS.values():
+            if r.rule is not None:
+                names = [hp.field for hp in r.hparams.values()]
+                values = {kw: self._value(hp) for kw, hp in r.hparams.items()}
+                require(r.rule[1](values), self._where(*names), r.rule[0], tuple(values.values()))
         if self.token_select is not None:
             kind, _, fraction = self.token_select.partition(":")
             ok = kind in TOKEN_SELECTORS and _is_fraction(fraction) and self.name != "full_kl"
             require(ok, where(self, "token_select"), "entropy:K with K in (0, 1], for a sampled-token reward",
                     self.token_select)  # fmt: skip
+
+    def _value(self, hp) -> float:
+        return (
+            getattr(self, hp.field)
+            if hp.field in self.__dataclass_fields__
+            else self.extra.get(hp.field, hp.default)
+        )
+
+    def _where(self, *names: str) -> str:
+        if all(name in self.__dataclass_fields__ for name in names):
+            return where(self, *names)
+        return f"reward.{'/'.join(names)} ({'/'.join('--' + n.replace('_', '-') for n in names)})"
 
     @property
     def record(self):
@@ -236,10 +266,10 @@ class RewardConfig:
         """Keyword arguments of the registry function, with α at ``progress`` ∈ [0, 1] of the run."""
         if self.record is None:
             return {}
-        values = {field_name: getattr(self, field_name) for field_name in self.record.hparams.values()}
+        values = {kw: self._value(hp) for kw, hp in self.record.hparams.items()}
         if self.alpha_end is not None:  # geometric: equal ratios per step, as α spans decades
             values["alpha"] = self.alpha * (self.alpha_end / self.alpha) ** min(max(progress, 0.0), 1.0)
-        return {kw: values[field_name] for kw, field_name in self.record.hparams.items()}
+        return values
 
     @property
     def hparams(self) -> dict[str, float]:

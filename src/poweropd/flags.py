@@ -192,6 +192,29 @@ def add_section(
     return dests
 
 
+def add_reward_hparams(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+) -> dict[str, tuple[str, str]]:
+    """A flag per reward hyperparameter of the registry (rewards.HParam: ``--clip-low``), read when the parser
+    is built so that a registered reward's own hyperparameter is a flag too; its help names each reward's range.
+    Returns {dest: ("reward", key)}, key ``extra.NAME`` where RewardConfig has no field NAME."""
+    from .config import RewardConfig
+    from .rewards import REWARDS
+
+    by_field: dict[str, list] = {}
+    for record in REWARDS.values():
+        for hp in record.hparams.values():
+            by_field.setdefault(hp.field, []).append((record.name, hp))
+    dests = {}
+    for name, uses in by_field.items():
+        ranges = "; ".join(f"{reward}: {hp.expected()}" for reward, hp in uses)
+        text = f"{uses[0][1].doc} ({ranges}; default {_shown(uses[0][1].default)})"
+        flag = "--" + name.replace("_", "-")
+        dest = parser.add_argument(flag, type=float, metavar="X", help=text.replace("%", "%%")).dest
+        dests[dest] = ("reward", name if name in RewardConfig.__dataclass_fields__ else f"extra.{name}")
+    return dests
+
+
 def resumable_changes() -> dict[str, set[str]]:
     """{section: fields that ``--resume`` may change}, from the fields' ``resumable`` trait."""
     from .config import SECTIONS

@@ -6,8 +6,8 @@ inputs are the log-probabilities that teacher and student give the *sampled* tok
 mask is False. Rewards are treated as constants by the loss (stop-gradient), so they are computed under the
 caller's ``torch.no_grad`` or from detached inputs.
 
-A ``Reward`` record says everything the rest of the package needs: the function, which ``--flags`` /
-config fields feed its keyword hyperparameters, whether it is per-token (the fused output-layer op may compute
+A ``Reward`` record says everything the rest of the package needs: the function, its keyword
+hyperparameters (``HParam``: the config key and ``--flag`` that hold each, its default and range), whether it is per-token (the fused output-layer op may compute
 it on chunks that straddle rows) or needs the whole batch, its label, its bounds and its source. Config, CLI
 help, diagnostics, the demo, plots and tests read the records; adding a reward is one function and one record
 (``register``).
@@ -105,6 +105,34 @@ def proximal(teacher_logp_BT: Tensor, student_logp_BT: Tensor, mask_BT: Tensor, 
 
 
 @dataclass(frozen=True)
+class HParam:
+    """A reward's keyword hyperparameter: where a run stores it, its default and the range it accepts."""
+
+    field: str
+    """Key in a run's ``reward`` section (config.yaml) and the ``--flag`` with dashes, e.g. "clip_low"."""
+    default: float
+    doc: str = ""
+    """What it is, for ``--help``."""
+    low: float = -math.inf
+    high: float = math.inf
+    closed: tuple[bool, bool] = (False, False)
+    """Whether ``low`` / ``high`` themselves are accepted."""
+
+    def accepts(self, value: float) -> bool:
+        above = self.low <= value if self.closed[0] else self.low < value
+        return above and (value <= self.high if self.closed[1] else value < self.high)
+
+    def expected(self) -> str:
+        if self.low == -math.inf and self.high == math.inf:
+            return "a number"
+        if self.high == math.inf:
+            return f"a number {'≥' if self.closed[0] else '>'} {self.low:g}"
+        if self.low == -math.inf:
+            return f"a number {'≤' if self.closed[1] else '<'} {self.high:g}"
+        return f"a number in {'[('[not self.closed[0]]}{self.low:g}, {self.high:g}{'])'[not self.closed[1]]}"
+
+
+@dataclass(frozen=True)
 class Reward:
     """One training reward and everything about it that other modules need."""
 
@@ -112,14 +140,14 @@ class Reward:
     fn: Callable[..., Tensor]
     citation: str
     """Where the formula comes from (shown in ``--help`` and the docs)."""
-    hparams: Mapping[str, str] = field(default_factory=dict)
-    """Function keyword -> ``RewardConfig`` field (the ``--flag`` with dashes), e.g. {"low": "clip_low"}."""
+    hparams: Mapping[str, HParam] = field(default_factory=dict)
+    """Function keyword -> its ``HParam`` (stored field, default, range); config, flags and help read them."""
     per_token: bool = True
     """False when a token's reward depends on other tokens (batch statistics): the loop then computes the
     whole batch's rewards before the first backward pass, and never inside the fused op (its chunks straddle
     rows)."""
-    alpha_range: tuple[float, float, bool] | None = None
-    """(low, high, high included) of ``--alpha`` when the reward takes one; low is excluded."""
+    rule: tuple[str, Callable[[dict], bool]] | None = None
+    """A condition on several hyperparameters at once and how messages state it: ("low < high", ...)."""
     bounds: Callable[[dict], tuple[float, float]] | None = None
     """(min, max) that the reward can reach for given hyperparameters, where it claims one (property-tested)."""
 
@@ -130,16 +158,10 @@ class Reward:
         return self.name
 
     def accepts_alpha(self, alpha: float) -> bool:
-        low, high, closed = self.alpha_range or (0.0, math.inf, False)
-        return low < alpha and (alpha <= high if closed else alpha < high)
+        return self.hparams.get("alpha", _ANY_ALPHA).accepts(alpha)
 
     def alpha_expected(self) -> str:
-        low, high, closed = self.alpha_range or (0.0, math.inf, False)
-        return (
-            f"a number in ({low:g}, {high:g}{']' if closed else ')'}"
-            if high < math.inf
-            else f"a number > {low:g}"
-        )
+        return self.hparams.get("alpha", _ANY_ALPHA).expected()
 
     def bind(self, **hparams: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         """The function with its hyperparameters bound: ``fn(teacher_logp_BT, student_logp_BT, mask_BT)``."""
@@ -154,16 +176,21 @@ def register(reward: Reward) -> Reward:
     return reward
 
 
+_ALPHA = "α of the power reward π_T^α − π_S^α (the paper sweeps 0.1 … 500) or of the proximal reward"
+_ANY_ALPHA = HParam("alpha", 1.0, _ALPHA, low=0.0)
+
 REWARDS: dict[str, Reward] = {
     "log_ratio": Reward("log_ratio", log_ratio, "vanilla OPD, PowerOPD paper eq. 2"),
-    "clip": Reward("clip", clip, "post-hoc clipping, a baseline of the PowerOPD paper", {"low": "clip_low", "high": "clip_high"},
-                   bounds=lambda h: (h["low"], h["high"])),
-    "tanh": Reward("tanh", tanh, "post-hoc squashing, a baseline of the PowerOPD paper", {"tau": "tanh_tau"},
+    "clip": Reward("clip", clip, "post-hoc clipping, a baseline of the PowerOPD paper",
+                   {"low": HParam("clip_low", -1.0, "Lower bound of the clip reward."),
+                    "high": HParam("clip_high", 1.0, "Upper bound of the clip reward.")},
+                   rule=("low < high", lambda h: h["low"] < h["high"]), bounds=lambda h: (h["low"], h["high"])),
+    "tanh": Reward("tanh", tanh, "post-hoc squashing, a baseline of the PowerOPD paper",
+                   {"tau": HParam("tanh_tau", 1.0, "Temperature of the tanh reward: tanh(log_ratio / tau).", low=0.0)},
                    bounds=lambda h: (-1.0, 1.0)),
     "zscore": Reward("zscore", zscore, "post-hoc batch z-score, a baseline of the PowerOPD paper", per_token=False),
-    "power": Reward("power", power, "PowerOPD paper eq. 4", {"alpha": "alpha"}, alpha_range=(0.0, math.inf, False),
-                    bounds=lambda h: (-1.0, 1.0)),
+    "power": Reward("power", power, "PowerOPD paper eq. 4", {"alpha": _ANY_ALPHA}, bounds=lambda h: (-1.0, 1.0)),
     "proximal": Reward("proximal", proximal, "proximal-teacher OPD, as in NeMo-RL's TROPD and the TOP-D paper (issue #11)",
-                       {"alpha": "alpha"}, alpha_range=(0.0, 1.0, True),
+                       {"alpha": HParam("alpha", 1.0, _ALPHA, low=0.0, high=1.0, closed=(False, True))},
                        bounds=lambda h: (math.log1p(-h["alpha"]) if h["alpha"] < 1 else -math.inf, math.inf)),
 }  # fmt: skip

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every config field is a flag (flags.py: name, help, default and choices from the field); the eval
     section's are ``--eval-*``. Declared here: the forms that are not one field = one value."""
     from ..config import SECTIONS
-    from ..flags import add_section, docstrings
+    from ..flags import add_reward_hparams, add_section, docstrings
 
     a = parser.add_argument
     a("--config", metavar="PRESET.yaml", help="YAML preset (sections model/rollout/reward/optim/eval/run); flags override it")  # fmt: skip
@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fields = {}
     for section, cls in SECTIONS.items():
         fields.update(add_section(parser, cls, prefix="eval-" if section == "eval" else ""))
+        if section == "reward":
+            fields.update(add_reward_hparams(parser))
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     a("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(_fields=fields)
@@ -44,7 +46,9 @@ def build_config(args: argparse.Namespace):
     # Preset keys are checked before flags fill in required fields, so a typo is named as the preset's.
     for dest, (section, key) in args._fields.items():
         value = getattr(args, dest)
-        if value is not None:
+        if value is not None and key.startswith("extra."):  # a registered reward's own hyperparameter
+            sections.setdefault(section, {}).setdefault("extra", {})[key.removeprefix("extra.")] = value
+        elif value is not None:
             sections.setdefault(section, {})[key] = value
     if args.teacher:  # one spec, or several NAME=SPEC (a URL's own '=' comes after its '://')
         named = len(args.teacher) > 1 or re.match(r"[A-Za-z0-9_.-]+=", args.teacher[0])
