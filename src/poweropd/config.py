@@ -4,20 +4,22 @@ A run's configuration has six sections — ``model``, ``rollout``, ``reward``, `
 each a frozen dataclass that checks its own fields in ``__post_init__`` with messages that name the field and
 the allowed values. A YAML preset (``configs/*.yaml``) holds the same sections; CLI flags override it.
 The resolved configuration is written to ``DIR/config.yaml``.
+
+Each field's flag, help, choices and traits (``resumable``) are read from the field and its docstring by
+flags.py. The reward section lives in reward_config.py and preset reading/writing in presets.py; both are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .errors import UserError, require
 from .flags import arg, check_choice, resumable_changes, where
-from .rewards import REWARDS
+from .presets import has_type, read_preset, write_yaml
+from .reward_config import RewardConfig, methods
 
 DEVICES = ("cpu", "cuda")
 
@@ -178,138 +180,6 @@ class RolloutConfig:
         require(0 < self.top_p <= 1, where(self, "top_p"), "a number in (0, 1]", self.top_p)
         require(self.top_k >= 0, where(self, "top_k"), "an integer ≥ 0", self.top_k)
         check_choice(self, "engine")
-
-
-def methods() -> tuple[str, ...]:
-    """Every training method: the registry's sampled-token rewards (read now: a registered reward counts),
-    plus the full-vocabulary reverse KL."""
-    return (*REWARDS, "full_kl")
-
-
-TOKEN_SELECTORS = ("entropy",)
-
-
-def _default(field_name: str) -> float:
-    """A reward hyperparameter's default, from its record (rewards.HParam)."""
-    return next(hp.default for r in REWARDS.values() for hp in r.hparams.values() if hp.field == field_name)
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    name: str = arg("power", flag="--reward", choices=lambda: methods(), more=lambda: _reward_help())
-    """Training method: a reward of poweropd.rewards.REWARDS or full_kl."""
-    # The rewards' hyperparameters: each field is the config.yaml key of an HParam of rewards.REWARDS, whose
-    # record gives its default, range, flag and help (flags.add_reward_hparams); a reward registered with a new
-    # hyperparameter needs no field here: its value lives in ``extra`` under its HParam.field.
-    alpha: float = arg(_default("alpha"), special=True)
-    """α (rewards.REWARDS: power, proximal)."""
-    alpha_end: float | None = arg(None, flag="--alpha-schedule", special=True)
-    """α at the last step (--alpha-schedule A0:A1): α moves geometrically from ``alpha`` to it over training."""
-    clip_low: float = arg(_default("clip_low"), special=True)
-    """Lower bound of the clip reward."""
-    clip_high: float = arg(_default("clip_high"), special=True)
-    """Upper bound of the clip reward."""
-    tanh_tau: float = arg(_default("tanh_tau"), special=True)
-    """Temperature of the tanh reward."""
-    token_select: str | None = arg(None, metavar="entropy:K")
-    """Train on a fraction of the tokens only: ``entropy:K`` keeps the fraction K of each micro-batch's valid
-    tokens with the highest student entropy (TIP: token importance in OPD); None keeps every token."""
-    extra: dict[str, float] = arg(factory=dict, special=True)
-    """Hyperparameters of registered rewards that have no field above: {HParam.field: value}."""
-
-    def __post_init__(self):
-        check_choice(self, "name")
-        record, own = self.record, {f.name for f in fields(self)}
-        params = {hp.field: hp for r in REWARDS.values() for hp in r.hparams.values()}  # the first of a name
-        params.update(
-            {hp.field: hp for hp in (record.hparams.values() if record else ())}
-        )  # else the reward's
-        require(set(self.extra) <= params.keys() - own, "reward.extra",
-                f"hyperparameters of a registered reward ({', '.join(sorted(params.keys() - own))})", self.extra)  # fmt: skip
-        for key, hp in params.items():
-            for name in (key, "alpha_end") if key == "alpha" else (key,):
-                value = self._value(hp) if name == key else self.alpha_end
-                if value is not None:
-                    require(hp.accepts(value), self._where(name), hp.expected(), value)
-        takes_alpha = [name for name, r in REWARDS.items() if "alpha" in r.hparams]
-        require(self.alpha_end is None or self.name in takes_alpha, where(self, "alpha_end"),
-                f"a reward that takes --alpha ({', '.join(takes_alpha)})", self.name)  # fmt: skip
-        for r in REWARDS.values():
-            if r.rule is not None:
-                names = [hp.field for hp in r.hparams.values()]
-                values = {kw: self._value(hp) for kw, hp in r.hparams.items()}
-                require(r.rule[1](values), self._where(*names), r.rule[0], tuple(values.values()))
-        if self.token_select is not None:
-            kind, _, fraction = self.token_select.partition(":")
-            ok = kind in TOKEN_SELECTORS and _is_fraction(fraction) and self.name != "full_kl"
-            require(ok, where(self, "token_select"), "entropy:K with K in (0, 1], for a sampled-token reward",
-                    self.token_select)  # fmt: skip
-
-    def _value(self, hp) -> float:
-        return (
-            getattr(self, hp.field)
-            if hp.field in self.__dataclass_fields__
-            else self.extra.get(hp.field, hp.default)
-        )
-
-    def _where(self, *names: str) -> str:
-        if all(name in self.__dataclass_fields__ for name in names):
-            return where(self, *names)
-        return f"reward.{'/'.join(names)} ({'/'.join('--' + n.replace('_', '-') for n in names)})"
-
-    @property
-    def record(self):
-        """The reward's registry record (None for full_kl)."""
-        return REWARDS.get(self.name)
-
-    def hparams_at(self, progress: float = 0.0) -> dict[str, float]:
-        """Keyword arguments of the registry function, with α at ``progress`` ∈ [0, 1] of the run."""
-        if self.record is None:
-            return {}
-        values = {kw: self._value(hp) for kw, hp in self.record.hparams.items()}
-        if self.alpha_end is not None:  # geometric: equal ratios per step, as α spans decades
-            values["alpha"] = self.alpha * (self.alpha_end / self.alpha) ** min(max(progress, 0.0), 1.0)
-        return values
-
-    @property
-    def hparams(self) -> dict[str, float]:
-        return self.hparams_at(0.0)
-
-    @property
-    def select_fraction(self) -> float | None:
-        return float(self.token_select.partition(":")[2]) if self.token_select else None
-
-    @property
-    def label(self) -> str:
-        """Method id in reports and ``poweropd demo --methods``: power@10, power@1:10, power@10+entropy:0.5."""
-        if self.record is None:
-            return self.name
-        label = self.record.label(self.hparams)
-        if self.alpha_end is not None:
-            label += f":{self.alpha_end:g}"
-        return label + (f"+{self.token_select}" if self.token_select else "")
-
-    @classmethod
-    def from_label(cls, label: str) -> RewardConfig:
-        """The inverse of ``label``: "power@1:10+entropy:0.5" -> RewardConfig(power, alpha=1, alpha_end=10, ...)."""
-        body, _, select = label.partition("+")
-        name, _, alphas = body.partition("@")
-        fields_ = {"name": name, "token_select": select or None}
-        if alphas:
-            first, _, last = alphas.partition(":")
-            try:
-                fields_["alpha"] = float(first)
-                fields_["alpha_end"] = float(last) if last else None
-            except ValueError:
-                raise UserError(f"method {label}: expected name@alpha[:alpha_end][+entropy:K]") from None
-        return cls(**fields_)
-
-
-def _is_fraction(text: str) -> bool:
-    try:
-        return 0 < float(text) <= 1
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -488,7 +358,7 @@ class TrainConfig:
                     raise UserError(
                         f"{source}: unknown key '{name}.{key}' (expected one of {', '.join(allowed)})"
                     )
-                if not _has_type(value, allowed[key]):
+                if not has_type(value, allowed[key]):
                     raise UserError(f"{source}: {name}.{key}: expected {allowed[key]}, got {value!r}")
             try:
                 built[name] = classes[name](**values)
@@ -498,6 +368,10 @@ class TrainConfig:
             built["model"] = ModelConfig()  # raises: student/teacher are required
         return cls(**built)
 
+
+__all__ = ["DEVICES", "DTYPES", "EVAL_COMMAND", "RESUMABLE_CHANGES", "SECTIONS", "EvalConfig", "ModelConfig",
+           "OptimConfig", "RewardConfig", "RolloutConfig", "RunConfig", "TrainConfig", "methods", "read_preset",
+           "write_yaml"]  # fmt: skip
 
 SECTIONS = {"model": ModelConfig, "rollout": RolloutConfig, "reward": RewardConfig, "optim": OptimConfig,
             "eval": EvalConfig, "run": RunConfig}  # fmt: skip
@@ -510,41 +384,3 @@ EVAL_COMMAND = EvalConfig(benchmarks=("all",), limit=None, n=8, max_new_tokens=2
 RESUMABLE_CHANGES = resumable_changes()
 """Settings that ``--resume`` may change (the fields' ``resumable`` trait); any other difference from the run's
 config.yaml is refused."""
-
-
-def _reward_help() -> str:
-    return "; ".join(f"{name}: {record.citation}" for name, record in REWARDS.items()) + (
-        "; full_kl: the exact reverse KL at every position"
-    )
-
-
-def _has_type(value, annotation: str) -> bool:
-    """Whether a preset value fits a field's annotation (the scalar ones; containers are checked later)."""
-    scalars = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
-    options = [a.strip() for a in annotation.split("|")]
-    if value is None:
-        return "None" in options
-    if not all(o in scalars or o == "None" for o in options):
-        return True
-    ok = tuple(t for o in options if o in scalars for t in scalars[o])
-    return isinstance(value, ok) and (bool in ok or not isinstance(value, bool))
-
-
-def read_preset(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The sections of a YAML preset, unvalidated (flags may still fill required fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--config {path}: file not found (expected a YAML preset, see configs/)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"--config {path}: expected valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise UserError(
-            f"--config {path}: expected a mapping of sections (model, rollout, reward, optim, eval, run)"
-        )
-    return data
-
-
-def write_yaml(config: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
