@@ -1,4 +1,4 @@
-"""AdamW step time: torch's default (foreach) update against the fused kernel that train.make_optimizer uses.
+"""AdamW step time: torch's default (foreach) update against the fused kernel that update.make_optimizer uses.
 
 Parameters shaped like step_bench.py's CPU student (39.3M: two 151,936 × 128 matrices and the small layers),
 random gradients, median of ``--repeats`` steps after a warm-up, both optimizers in this process, in turn.

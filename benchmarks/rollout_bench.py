@@ -171,10 +171,9 @@ def main() -> None:
     from poweropd.continuous import kv_bytes_per_token
     from poweropd.engines import SAMPLERS, make_sampler
     from poweropd.losses import make_objective
-    from poweropd.models import output_layer
     from poweropd.rollout import SamplingConfig
     from poweropd.teacher import HFScorer
-    from poweropd.train import compute_gradients
+    from poweropd.update import compute_gradients
     from poweropd.vllm_engine import unsupported_reason
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -247,7 +246,7 @@ def main() -> None:
         scores = scorer.score(rollouts)
         _sync(device)
         t2 = time.perf_counter()
-        compute_gradients(student, rollouts, scores, objective, micro_batch_size=8, teacher_output_layer=output_layer(teacher),
+        compute_gradients(student, rollouts, scores, objective, micro_batch_size=8,
                           autocast_dtype=amp)  # fmt: skip
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

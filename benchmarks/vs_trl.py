@@ -290,10 +290,9 @@ def loss_agreement(student, teacher, tokenizer, rendered: list[str], out: Path) 
 
     from poweropd.config import RewardConfig
     from poweropd.losses import make_objective
-    from poweropd.models import output_layer
     from poweropd.rollout import build_rollouts
     from poweropd.teacher import HFScorer
-    from poweropd.train import compute_gradients
+    from poweropd.update import compute_gradients
 
     with torch.no_grad():
         teacher.lm_head.weight.mul_(30.0)
@@ -324,7 +323,7 @@ def loss_agreement(student, teacher, tokenizer, rendered: list[str], out: Path) 
     def ours(include_stop_token: bool, vocab_size: int | None) -> float:
         student.zero_grad(set_to_none=True)
         return compute_gradients(student, rollouts, scores, objective, micro_batch_size=B,
-                                 include_stop_token=include_stop_token, teacher_output_layer=output_layer(teacher),
+                                 include_stop_token=include_stop_token,
                                  vocab_size=vocab_size).loss  # fmt: skip
 
     same = ours(include_stop_token=True, vocab_size=None)

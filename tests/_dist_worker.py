@@ -14,10 +14,9 @@ from conftest import make_char_tokenizer, make_tiny_qwen3  # noqa: E402
 from poweropd.config import RewardConfig  # noqa: E402
 from poweropd.distributed import AcceleratorCollective, SingleProcess  # noqa: E402
 from poweropd.losses import make_objective  # noqa: E402
-from poweropd.models import output_layer  # noqa: E402
 from poweropd.rollout import build_rollouts  # noqa: E402
 from poweropd.teacher import HFScorer  # noqa: E402
-from poweropd.train import compute_gradients  # noqa: E402
+from poweropd.update import compute_gradients  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -43,14 +42,14 @@ def main(out: str) -> None:
     report = {}
     for name in ("power", "log_ratio", "zscore", "full_kl"):
         objective = make_objective(RewardConfig(name=name, alpha=0.5))
-        common = dict(teacher_output_layer=output_layer(teacher), vocab_size=vocab)
+        common = dict(vocab_size=vocab)
         student.zero_grad(set_to_none=True)
         compute_gradients(
             student, rollouts, scores, objective, micro_batch_size=B, comm=SingleProcess(), **common
         )
         single = [p.grad.clone() for p in student.parameters()]
         student.zero_grad(set_to_none=True)
-        part = type(scores)(scores.logp_BT[half], scores.hidden_BTH[half])
+        part = scores.select(half)
         result = compute_gradients(
             student, rollouts.select(half), part, objective, micro_batch_size=1, comm=comm, **common
         )

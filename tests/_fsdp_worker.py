@@ -18,10 +18,9 @@ from poweropd import sharding  # noqa: E402
 from poweropd.config import OptimConfig, RewardConfig  # noqa: E402
 from poweropd.distributed import SingleProcess  # noqa: E402
 from poweropd.losses import make_objective  # noqa: E402
-from poweropd.models import output_layer  # noqa: E402
 from poweropd.rollout import build_rollouts  # noqa: E402
 from poweropd.teacher import HFScorer  # noqa: E402
-from poweropd.train import compute_gradients, make_optimizer  # noqa: E402
+from poweropd.update import compute_gradients, make_optimizer  # noqa: E402
 
 
 def fixed_batch(vocab: int):
@@ -62,8 +61,7 @@ def main(out: str) -> None:
             scores = HFScorer(reference_teacher).score(rollouts, keep_hidden=full_kl)
             reference.zero_grad(set_to_none=True)
             single = compute_gradients(
-                reference, rollouts, scores, objective, micro_batch_size=B, comm=SingleProcess(),
-                teacher_output_layer=output_layer(reference_teacher), vocab_size=vocab,
+                reference, rollouts, scores, objective, micro_batch_size=B, comm=SingleProcess(), vocab_size=vocab,
             )  # fmt: skip
             single_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1e9).item()
             expected = {n: p.grad.clone() for n, p in reference.named_parameters()}
@@ -72,8 +70,7 @@ def main(out: str) -> None:
             sharded.zero_grad(set_to_none=True)
             with sharded_teacher.gathered() if full_kl else contextlib.nullcontext():
                 split = compute_gradients(
-                    student, rollouts.select(half), part, objective, micro_batch_size=micro, comm=comm,
-                    teacher_output_layer=output_layer(teacher), vocab_size=vocab, forward=sharded,
+                    student, rollouts.select(half), part, objective, micro_batch_size=micro, comm=comm, vocab_size=vocab, forward=sharded,
                 )  # fmt: skip
             split_norm = sharding.full_tensor(
                 torch.nn.utils.clip_grad_norm_(student.parameters(), 1e9)

@@ -74,12 +74,10 @@ def test_messages_name_the_field_and_its_flags():
 
 
 def test_resumable_is_a_trait_of_the_fields():
-    from poweropd import config, tracking
+    from poweropd import config
 
     assert config.RESUMABLE_CHANGES["model"] >= {"device", "teacher", "teachers"}
     assert "lr" not in config.RESUMABLE_CHANGES.get("optim", set())
-    # while tracking.py still holds its own copy, the two agree (it should import config's)
-    assert tracking.RESUMABLE_CHANGES == config.RESUMABLE_CHANGES
 
 
 def test_eval_command_defaults_are_its_named_preset():

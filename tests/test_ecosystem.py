@@ -159,10 +159,10 @@ def test_gradient_checkpointing_keeps_the_gradient_and_saves_fewer_activations(t
 
     from poweropd.config import RewardConfig
     from poweropd.losses import make_objective
-    from poweropd.models import enable_checkpointing, output_layer
+    from poweropd.models import enable_checkpointing
     from poweropd.rollout import HFSampler, SamplingConfig
     from poweropd.teacher import HFScorer
-    from poweropd.train import compute_gradients
+    from poweropd.update import compute_gradients
 
     student_dir, teacher_dir, _ = tiny_pair
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
@@ -185,7 +185,7 @@ def test_gradient_checkpointing_keeps_the_gradient_and_saves_fewer_activations(t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             compute_gradients(student, rollouts, scores, make_objective(RewardConfig(name="power", alpha=1.0)),
-                              micro_batch_size=4, teacher_output_layer=output_layer(teacher))  # fmt: skip
+                              micro_batch_size=4)  # fmt: skip
         grads[checkpointing] = {
             n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None
         }
@@ -211,7 +211,7 @@ def test_teacher_device_places_the_teacher_there_and_names_a_missing_one(
     """On this CPU machine the only other device name is the same device: the run is the same run, the teacher
     loaded onto the named device; a GPU that is not there is a one-line error before anything is written."""
     import poweropd.models as models_module
-    import poweropd.train as train_module
+    import poweropd.setup as setup_module
 
     placed = {}
     real = models_module.load_causal_lm
@@ -220,7 +220,7 @@ def test_teacher_device_places_the_teacher_there_and_names_a_missing_one(
         placed[kwargs["what"]] = str(kwargs["device"])
         return real(name, **kwargs)
 
-    monkeypatch.setattr(train_module, "load_causal_lm", spy)  # the student
+    monkeypatch.setattr(setup_module, "load_causal_lm", spy)  # the student
     monkeypatch.setattr(models_module, "load_causal_lm", spy)  # teachers (teacher.load_teachers)
     assert main(_train(tiny_pair, tiny_pair[2], tmp_path / "plain")) == 0
     assert main(_train(tiny_pair, tiny_pair[2], tmp_path / "placed", "--teacher-device", "cpu:0")) == 0

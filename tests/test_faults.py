@@ -121,7 +121,7 @@ def test_keep_last_removes_old_checkpoints_once_a_newer_one_is_complete(tiny_pai
 
 
 def test_a_nan_gradient_skips_the_step_and_leaves_weights_and_adamw_state(tiny_pair, tmp_path, monkeypatch):
-    import poweropd.train as T
+    import poweropd.update as T
 
     real, calls = T.compute_gradients, []
 

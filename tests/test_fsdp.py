@@ -99,7 +99,7 @@ def test_held_memory_counts_weights_and_adamw_state_once():
 
     from poweropd.config import OptimConfig
     from poweropd.step_metrics import held_mb
-    from poweropd.train import make_optimizer
+    from poweropd.update import make_optimizer
 
     model = make_tiny_qwen3(64, hidden=32)
     params = list(model.parameters())

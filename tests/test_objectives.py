@@ -15,6 +15,7 @@ from poweropd.errors import UserError
 from poweropd.fused import top_fraction
 from poweropd.losses import MicroBatch, make_objective, policy_gradient_loss
 from poweropd.rewards import REWARDS, Reward, log_ratio, proximal, register
+from poweropd.teacher import TeacherScores
 
 TEACHER = torch.log(torch.tensor([[0.5, 0.25, 0.8], [0.1, 0.9, 0.3]]))
 STUDENT = torch.log(torch.tensor([[0.25, 0.5, 0.8], [0.9, 0.1, 0.6]]))
@@ -101,7 +102,7 @@ def _micro_batch(head, hidden_BTH, **kw):
     )
     mask_BT = torch.rand(B, T, generator=gen) > 0.25
     teacher_BT = -torch.rand(B, T, generator=gen) * 4
-    return MicroBatch(head, hidden_BTH, tokens_BT, mask_BT, float(mask_BT.sum()), teacher_logp_BT=teacher_BT,
+    return MicroBatch(head, hidden_BTH, tokens_BT, mask_BT, float(mask_BT.sum()), TeacherScores(teacher_BT),
                       chunk_size=5, **kw)  # fmt: skip
 
 
@@ -141,7 +142,7 @@ def test_entropy_selection_keeps_the_most_uncertain_tokens_and_only_trains_on_th
     assert entropy_BT[kept].min() >= entropy_BT[mb.mask_BT & ~kept].max()  # the top half by entropy
     # the loss is the surrogate on the kept tokens, still divided by every valid token of the batch
     logp_BT = F.log_softmax(head(hidden_BTH), -1).gather(-1, mb.tokens_BT[..., None]).squeeze(-1)
-    reward_BT = REWARDS["power"].bind(alpha=1.0)(mb.teacher_logp_BT, logp_BT.detach(), mb.mask_BT)
+    reward_BT = REWARDS["power"].bind(alpha=1.0)(mb.teacher.logp_BT, logp_BT.detach(), mb.mask_BT)
     expected, _ = policy_gradient_loss(logp_BT, reward_BT, kept, num_tokens=valid)
     torch.testing.assert_close(loss, expected)
 

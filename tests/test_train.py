@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from poweropd.cli import main
-from poweropd.train import DataOrder
+from poweropd.data import DataOrder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -253,10 +253,9 @@ def test_bf16_autocast_update_matches_float32(reward):
 
     from poweropd.config import RewardConfig
     from poweropd.losses import make_objective
-    from poweropd.models import output_layer
     from poweropd.rollout import build_rollouts
     from poweropd.teacher import HFScorer
-    from poweropd.train import compute_gradients
+    from poweropd.update import compute_gradients
 
     vocab = len(make_char_tokenizer())
     student, teacher = make_tiny_qwen3(vocab, seed=0), make_tiny_qwen3(vocab, hidden=48, seed=1)
@@ -268,8 +267,7 @@ def test_bf16_autocast_update_matches_float32(reward):
     for dtype in (None, torch.bfloat16):
         student.zero_grad(set_to_none=True)
         compute_gradients(
-            student, rollouts, scores, make_objective(RewardConfig(name=reward)), micro_batch_size=1,
-            teacher_output_layer=output_layer(teacher), vocab_size=vocab, autocast_dtype=dtype,
+            student, rollouts, scores, make_objective(RewardConfig(name=reward)), micro_batch_size=1, vocab_size=vocab, autocast_dtype=dtype,
         )  # fmt: skip
         assert all(p.grad.dtype == torch.float32 for p in student.parameters() if p.grad is not None)
         grads.append(torch.cat([p.grad.flatten() for p in student.parameters() if p.grad is not None]))
@@ -284,10 +282,9 @@ def test_full_kl_takes_the_teacher_logprobs_from_its_own_pass():
 
     from poweropd.config import RewardConfig
     from poweropd.losses import make_objective
-    from poweropd.models import output_layer
     from poweropd.rollout import build_rollouts
     from poweropd.teacher import HFScorer
-    from poweropd.train import compute_gradients
+    from poweropd.update import compute_gradients
 
     vocab = len(make_char_tokenizer())
     student, teacher = make_tiny_qwen3(vocab, seed=0), make_tiny_qwen3(vocab, hidden=48, seed=1)
@@ -295,7 +292,7 @@ def test_full_kl_takes_the_teacher_logprobs_from_its_own_pass():
     sequences_BL[0, 8] = 2
     rollouts = build_rollouts(sequences_BL, torch.ones(3, 4, dtype=torch.long), (2, 0), pad_token_id=0)
     scorer = HFScorer(teacher)
-    kwargs = {"micro_batch_size": 2, "teacher_output_layer": output_layer(teacher), "vocab_size": vocab}
+    kwargs = {"micro_batch_size": 2, "vocab_size": vocab}
     results, grads = [], []
     for logprobs in (True, False):
         scores = scorer.score(rollouts, keep_hidden=True, logprobs=logprobs)

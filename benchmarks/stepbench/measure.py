@@ -85,7 +85,7 @@ def run_worker(mode_name: str, cfg: BenchConfig) -> dict:
     import torch
 
     from poweropd.config import OptimConfig
-    from poweropd.train import make_optimizer
+    from poweropd.update import make_optimizer
 
     ctx = build_context(cfg)
     mode = MODES[mode_name]

@@ -31,8 +31,7 @@ def ours_score(ctx: Context, *, keep_hidden: bool):
 
 
 def ours_update(ctx: Context, scores, *, objective: str) -> float:
-    from poweropd.models import output_layer
-    from poweropd.train import compute_gradients
+    from poweropd.update import compute_gradients
 
     result = compute_gradients(
         ctx.student,
@@ -40,7 +39,6 @@ def ours_update(ctx: Context, scores, *, objective: str) -> float:
         scores,
         _objective(objective),
         micro_batch_size=ctx.cfg.batch,
-        teacher_output_layer=output_layer(ctx.teacher),
         vocab_size=ctx.cfg.vocab,
         autocast_dtype=ctx.amp_dtype,
         **_chunk_kwargs(ctx.cfg),

@@ -267,8 +267,7 @@ def sample_and_score(
     """
     from .data import encode_prompts
     from .engines import make_sampler
-    from .logprobs import chunked_token_logprobs
-    from .models import output_layer, response_hidden_states, stop_token_ids
+    from .models import sampled_logprobs, stop_token_ids
     from .rollout import SamplingConfig
     from .teacher import HFScorer
 
@@ -304,8 +303,7 @@ def sample_and_score(
         batch = rows[start : start + batch_size]
         teacher_logp_BT = scorer.score(rollouts).logp_BT
         r = rollouts.to(student_device)
-        hidden_BTH = response_hidden_states(student, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
-        student_logp_BT, _ = chunked_token_logprobs(output_layer(student), hidden_BTH, r.response_ids_BT)
+        student_logp_BT, _ = sampled_logprobs(student, r)
         parts["ids"].append(rollouts.response_ids_BT.cpu())
         parts["mask"].append(rollouts.loss_mask().cpu())
         parts["teacher"].append(teacher_logp_BT.float().cpu())

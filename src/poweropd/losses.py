@@ -2,8 +2,9 @@
 full-vocabulary reverse KL.
 
 An ``Objective`` turns one micro-batch (``MicroBatch``: the student's hidden states and output layer, the
-sampled tokens, what the teacher gave) into ``(loss, metrics)``; the training loop only sums those losses'
-gradients. Where a fused output-layer op exists (``fused.py``) the objective chooses it here, next to the
+sampled tokens, what the teacher's scorer gave) into ``(loss, metrics)``; the update (update.py) only sums
+those losses' gradients. Sampled-token rewards live in ``rewards.REWARDS``; every other objective (the
+full-vocabulary KL) in ``OBJECTIVES`` here. Where a fused output-layer op exists (``fused.py``) the objective chooses it here, next to the
 reference path it replaces (``logprobs.chunked_token_logprobs`` and the plain losses below); tests check that
 both give the same loss and gradients. Aggregation is a token mean over the *whole* batch: ``num_tokens`` counts
 the valid tokens of every micro-batch and process, so gradient accumulation and data parallelism give the
@@ -13,8 +14,8 @@ gradient of one big batch.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,9 @@ from torch.utils.checkpoint import checkpoint
 from .fused import fused_policy_gradient_loss, fused_reverse_kl_loss, top_fraction
 from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer, chunked_token_logprobs, is_plain_linear
 from .rewards import REWARDS
+
+if TYPE_CHECKING:  # annotations only
+    from .teacher import TeacherScores
 
 
 def policy_gradient_loss(
@@ -129,7 +133,7 @@ def full_kl_loss(
 
 @dataclass
 class MicroBatch:
-    """What an objective gets for one micro-batch; (B, T) tensors on the student's device."""
+    """What every objective gets for one micro-batch; (B, T) tensors on the student's device."""
 
     head: OutputLayer
     """The student's output layer."""
@@ -140,16 +144,9 @@ class MicroBatch:
     """Positions that enter the loss."""
     num_tokens: float
     """Valid tokens of the whole batch (every micro-batch and process): the loss is Σ / num_tokens."""
-    teacher_logp_BT: Tensor | None = None
-    """log π_T of the sampled tokens (sampled-token rewards)."""
-    teacher_head: OutputLayer | None = None
-    teacher_hidden_BTH: Tensor | None = None
-    """The teacher's output layer and hidden states (full-vocabulary objectives)."""
-    reward_BT: Tensor | None = None
-    """Rewards computed beforehand over the whole batch (batch-statistic rewards with several micro-batches)."""
-    reward_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
-    """The reward as the loop computes it over the whole batch (its gather across processes), when it is not
-    per-token; None: the objective's own function."""
+    teacher: TeacherScores
+    """What the teacher's scorer returned for these rows: each objective reads what it asked for
+    (``needs_teacher_hidden``): log π_T of the sampled tokens, or the hidden states with the output layer."""
     temperature: float = 1.0
     chunk_size: int = DEFAULT_CHUNK_SIZE
     vocab_size: int | None = None
@@ -159,13 +156,15 @@ class MicroBatch:
 class Objective(Protocol):
     name: str
     needs_teacher_hidden: bool
-    """The teacher scorer keeps its final hidden states (and may skip its output layer)."""
+    """The teacher scorer keeps its final hidden states and output layer (and skips its log-probs)."""
     needs_batch_statistics: bool
-    """A token's reward depends on the whole batch (the loop precomputes or gathers it)."""
+    """A token's reward depends on the whole batch: the update gathers it over processes, or computes it before
+    the first backward pass, and hands it in through ``with_reward_fn``."""
 
     def micro_batch_loss(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """(loss, metrics): metrics holds detached (B, T) tensors "student_logp", "teacher_logp", "reward"
-        (the per-token training signal; −KL for full_kl) and "selected" (the tokens that were trained on)."""
+        (the per-token training signal; −KL for full_kl) and "selected" (the tokens that were trained on), and
+        scalar (0-d) loss terms named ``loss/<term>`` (Σ / N: summed over micro-batches and processes, logged)."""
         ...
 
 
@@ -184,49 +183,57 @@ class SampledTokenObjective:
     def needs_batch_statistics(self) -> bool:
         return not self.per_token
 
+    def with_reward_fn(self, reward_fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> SampledTokenObjective:
+        """The same objective with the reward as the update computes it over the whole batch (gathered across
+        processes, or computed before the first backward pass)."""
+        return replace(self, reward_fn=reward_fn)
+
     def micro_batch_loss(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        if mb.teacher_logp_BT is None:
+        teacher_logp_BT = mb.teacher.logp_BT
+        if teacher_logp_BT is None:
             raise ValueError(
                 f"{self.name}: needs the teacher's log-probs of the sampled tokens (logprobs=True)"
             )
-        if self.per_token and mb.reward_BT is None and is_plain_linear(mb.head):
+        if self.per_token and is_plain_linear(mb.head):
             # fast path: the output layer and the surrogate in one op (three vocabulary matmuls per position)
             loss, metrics = fused_policy_gradient_loss(
-                mb.head, mb.hidden_BTH, mb.tokens_BT, mb.teacher_logp_BT, mb.mask_BT, self.reward_fn,
+                mb.head, mb.hidden_BTH, mb.tokens_BT, teacher_logp_BT, mb.mask_BT, self.reward_fn,
                 num_tokens=mb.num_tokens, temperature=mb.temperature, chunk_size=mb.chunk_size,
                 select_fraction=self.select_fraction,
             )  # fmt: skip
-            return loss, {**metrics, "teacher_logp": mb.teacher_logp_BT}
+            return loss, {**metrics, "teacher_logp": teacher_logp_BT, "loss/pg": loss.detach()}
         # reference path: log-probs (and entropy) from the checkpointed chunked output layer, then equation 1
         logp_BT, entropy_BT = chunked_token_logprobs(
             mb.head, mb.hidden_BTH, mb.tokens_BT, temperature=mb.temperature, chunk_size=mb.chunk_size,
             with_entropy=self.select_fraction is not None,
         )  # fmt: skip
-        if mb.reward_BT is not None:
-            reward_BT = mb.reward_BT
-        else:
-            reward_BT = (mb.reward_fn or self.reward_fn)(mb.teacher_logp_BT, logp_BT.detach(), mb.mask_BT)
+        reward_BT = self.reward_fn(teacher_logp_BT, logp_BT.detach(), mb.mask_BT)
         selected_BT = mb.mask_BT.bool()
         if self.select_fraction is not None:
             flat = top_fraction(entropy_BT.reshape(-1), selected_BT.reshape(-1), self.select_fraction)
             selected_BT = flat.view_as(selected_BT)
-        loss, _ = policy_gradient_loss(logp_BT, reward_BT, selected_BT, num_tokens=mb.num_tokens)
+        loss, terms = policy_gradient_loss(logp_BT, reward_BT, selected_BT, num_tokens=mb.num_tokens)
         metrics = {"student_logp": logp_BT.detach(), "reward": reward_BT.detach(), "selected": selected_BT}
-        return loss, {**metrics, "teacher_logp": mb.teacher_logp_BT}
+        return loss, {**metrics, "teacher_logp": teacher_logp_BT, **terms}
 
 
 @dataclass(frozen=True)
 class FullKLObjective:
     """L = Σ_t KL_t(π_S ‖ π_T) / N, the exact reverse KL at every rollout position (no sampling noise)."""
 
-    name: str = "full_kl"
+    name: str
     needs_teacher_hidden: bool = True
     needs_batch_statistics: bool = False
 
     def micro_batch_loss(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        args = (mb.head, mb.teacher_head, mb.hidden_BTH, mb.teacher_hidden_BTH, mb.tokens_BT)
+        teacher = mb.teacher
+        if teacher.hidden_BTH is None or teacher.head is None:
+            raise ValueError(
+                f"{self.name}: needs the teacher's hidden states and output layer (keep_hidden=True)"
+            )
+        args = (mb.head, teacher.head, mb.hidden_BTH, teacher.hidden_BTH, mb.tokens_BT)
         kwargs = {"vocab_size": mb.vocab_size, "temperature": mb.temperature, "chunk_size": mb.chunk_size}
-        if is_plain_linear(mb.head) and is_plain_linear(mb.teacher_head):
+        if is_plain_linear(mb.head) and is_plain_linear(teacher.head):
             # fast path: both output layers and the KL's gradient in one op
             loss, out = fused_reverse_kl_loss(*args, mb.mask_BT, num_tokens=mb.num_tokens, **kwargs)
         else:
@@ -236,14 +243,21 @@ class FullKLObjective:
         mask_BT = mb.mask_BT.bool()
         reward_BT = torch.where(mask_BT, -out["kl"].detach(), 0.0)
         return loss, {"student_logp": out["student_logp"], "teacher_logp": out["teacher_logp"],
-                      "reward": reward_BT, "selected": mask_BT}  # fmt: skip
+                      "reward": reward_BT, "selected": mask_BT, "loss/full_kl": loss.detach()}  # fmt: skip
+
+
+OBJECTIVES: dict[str, Callable[[str], Objective]] = {
+    "full_kl": FullKLObjective,
+}
+"""Objectives that are not a sampled-token reward, by method name (each built from its name); every other
+method is a reward of ``rewards.REWARDS`` trained through ``SampledTokenObjective``."""
 
 
 def make_objective(reward_cfg, progress: float = 0.0) -> Objective:
     """The objective of a ``config.RewardConfig``, its hyperparameters bound at ``progress`` ∈ [0, 1] of the
     run (a scheduled α moves with it)."""
-    if reward_cfg.name == "full_kl":
-        return FullKLObjective()
+    if reward_cfg.name in OBJECTIVES:
+        return OBJECTIVES[reward_cfg.name](reward_cfg.name)
     record = REWARDS[reward_cfg.name]
     return SampledTokenObjective(
         reward_cfg.name,
@@ -254,6 +268,7 @@ def make_objective(reward_cfg, progress: float = 0.0) -> Objective:
 
 
 __all__ = [
+    "OBJECTIVES",
     "FullKLObjective",
     "MicroBatch",
     "Objective",

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .errors import UserError
+from .logprobs import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -201,3 +202,25 @@ def response_hidden_states(model, input_ids_BL: Tensor, attention_mask_BL: Tenso
         use_cache=False,
     )
     return out.last_hidden_state[:, prompt_len - 1 :]
+
+
+def sampled_logprobs(
+    model, rollouts, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE, logprobs: bool = True
+) -> tuple[Tensor | None, Tensor]:
+    """(logp_BT, hidden_BTH): log π(o_t | c_t) of every response token of ``rollouts`` (float32; None when
+    ``logprobs`` is False) and the final hidden states they come from, through the output layer in chunks
+    (logprobs.py). The one way the student's diagnostics, the teacher's scores and the batch-statistic rewards
+    read a model's log-probs of sampled tokens (the update's loss reads them inside its fused op, losses.py)."""
+    hidden_BTH = response_hidden_states(
+        model, rollouts.input_ids_BL, rollouts.attention_mask_BL, rollouts.prompt_len
+    )
+    if not logprobs:
+        return None, hidden_BTH
+    logp_BT, _ = chunked_token_logprobs(
+        output_layer(model),
+        hidden_BTH,
+        rollouts.response_ids_BT,
+        temperature=temperature,
+        chunk_size=chunk_size,
+    )
+    return logp_BT, hidden_BTH

@@ -54,10 +54,10 @@ class RewardConfig:
     def __post_init__(self):
         check_choice(self, "name")
         record, own = self.record, {f.name for f in fields(self)}
-        params = {hp.field: hp for r in REWARDS.values() for hp in r.hparams.values()}  # the first of a name
-        params.update(
-            {hp.field: hp for hp in (record.hparams.values() if record else ())}
-        )  # else the reward's
+        params = {}  # each hyperparameter checked by the chosen reward's record, else by the first that has it
+        for r in (record, *REWARDS.values()) if record else REWARDS.values():
+            for hp in r.hparams.values():
+                params.setdefault(hp.field, hp)
         require(set(self.extra) <= params.keys() - own, "reward.extra",
                 f"hyperparameters of a registered reward ({', '.join(sorted(params.keys() - own))})", self.extra)  # fmt: skip
         for key, hp in params.items():

@@ -4,7 +4,6 @@ signal and of the log ratio, position buckets, memory."""
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,16 +12,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # annotations only
     from .distributed import Collective
     from .rollout import Rollouts
-
-
-@dataclass
-class UpdateResult:
-    loss: float
-    reward_BT: Tensor  # the trained per-token signal (for full_kl: −KL_t), detached
-    log_ratio_BT: Tensor  # log π_T − log π_S of the sampled tokens, logged whatever trains
-    student_logp_BT: Tensor
-    mask_BT: Tensor
-    selected_BT: Tensor  # the tokens that were trained on (token selection keeps a fraction)
+    from .update import UpdateResult
 
 
 def token_stats(prefix: str, values_BT: Tensor, mask_BT: Tensor) -> dict[str, float]:
@@ -84,6 +74,7 @@ def step_metrics(
     probs = logp_all.exp()[mask_all]
     return logprob_diff_metrics(result, rollouts, comm) | {
         "loss": result.loss,
+        **result.terms,
         "grad/norm": grad_norm,
         "lr": lr,
         **token_stats("reward", reward_all, mask_all),
@@ -109,7 +100,10 @@ def logprob_diff_metrics(result: UpdateResult, rollouts: Rollouts, comm: Collect
     values = diff_all[mask_all.bool()]
     if not values.numel():
         return {}
-    return {"rollout/logprob_diff/mean": values.mean().item(), "rollout/logprob_diff/max": values.max().item()}
+    return {
+        "rollout/logprob_diff/mean": values.mean().item(),
+        "rollout/logprob_diff/max": values.max().item(),
+    }
 
 
 def gathered_positions(result: UpdateResult, comm: Collective) -> list[dict]:
@@ -119,7 +113,9 @@ def gathered_positions(result: UpdateResult, comm: Collective) -> list[dict]:
     return position_rows(reward_all, ratio_all, mask_all.bool())
 
 
-def teacher_metrics(result: UpdateResult, teacher_B: list[str], names: list[str], comm: Collective) -> dict[str, float]:
+def teacher_metrics(
+    result: UpdateResult, teacher_B: list[str], names: list[str], comm: Collective
+) -> dict[str, float]:
     """Per teacher of a multi-teacher run: ``teacher/NAME/{log_ratio/mean,reward/mean,tokens}`` over every process's
     rows routed to it (its log ratio against the student, the trained signal, the tokens it scored)."""
     index_B1 = torch.tensor([[names.index(n)] for n in teacher_B], device=result.mask_BT.device)
@@ -132,5 +128,7 @@ def teacher_metrics(result: UpdateResult, teacher_B: list[str], names: list[str]
         tokens = int(mask_BT.sum())
         out[f"teacher/{name}/tokens"] = tokens
         out[f"teacher/{name}/log_ratio/mean"] = ratio_all[mask_BT].mean().item() if tokens else float("nan")
-        out[f"teacher/{name}/reward/mean"] = reward_all[mask_BT].float().mean().item() if tokens else float("nan")
+        out[f"teacher/{name}/reward/mean"] = (
+            reward_all[mask_BT].float().mean().item() if tokens else float("nan")
+        )
     return out

@@ -13,15 +13,28 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .logprobs import DEFAULT_CHUNK_SIZE, chunked_token_logprobs
-from .models import output_layer, response_hidden_states
+from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer
+from .models import output_layer, sampled_logprobs
 from .rollout import Rollouts
 
 
 @dataclass
 class TeacherScores:
-    logp_BT: Tensor | None  # log π_T of each sampled response token, float32 (None: not asked for)
-    hidden_BTH: Tensor | None = None  # final hidden states, kept for full-vocabulary losses
+    """What the teacher gives the objective for a batch of rollouts."""
+
+    logp_BT: Tensor | None
+    """log π_T of each sampled response token, float32 (None: not asked for)."""
+    hidden_BTH: Tensor | None = None
+    """Final hidden states, kept for full-vocabulary objectives (``keep_hidden``)."""
+    head: OutputLayer | None = None
+    """The teacher's output layer, with ``hidden_BTH``: the objective computes log π_T over the vocabulary."""
+
+    def select(self, rows: slice) -> TeacherScores:
+        """The scores of some rows (a micro-batch), on the same devices."""
+        logp, hidden = self.logp_BT, self.hidden_BTH
+        return TeacherScores(
+            None if logp is None else logp[rows], None if hidden is None else hidden[rows], self.head
+        )
 
 
 class Scorer(Protocol):
@@ -49,17 +62,12 @@ class HFScorer:
         return self.forward(self._score, r, keep_hidden, logprobs)
 
     def _score(self, model, r: Rollouts, keep_hidden: bool, logprobs: bool) -> TeacherScores:
-        hidden_BTH = response_hidden_states(model, r.input_ids_BL, r.attention_mask_BL, r.prompt_len)
-        logp_BT = None
-        if logprobs:
-            logp_BT, _ = chunked_token_logprobs(
-                output_layer(model),
-                hidden_BTH,
-                r.response_ids_BT,
-                temperature=self.temperature,
-                chunk_size=self.chunk_size,
-            )
-        return TeacherScores(logp_BT=logp_BT, hidden_BTH=hidden_BTH if keep_hidden else None)
+        logp_BT, hidden_BTH = sampled_logprobs(
+            model, r, temperature=self.temperature, chunk_size=self.chunk_size, logprobs=logprobs
+        )
+        if not keep_hidden:
+            return TeacherScores(logp_BT=logp_BT)
+        return TeacherScores(logp_BT=logp_BT, hidden_BTH=hidden_BTH, head=output_layer(model))
 
 
 class RoutedScorer:
@@ -73,7 +81,9 @@ class RoutedScorer:
         names = rollouts.teacher_B
         if names is None or len(names) != rollouts.input_ids_BL.shape[0]:
             raise ValueError("RoutedScorer: expected rollouts.teacher_B, one teacher name per row")
-        logp_BT = torch.zeros(rollouts.response_mask_BT.shape, dtype=torch.float32, device=rollouts.input_ids_BL.device)
+        logp_BT = torch.zeros(
+            rollouts.response_mask_BT.shape, dtype=torch.float32, device=rollouts.input_ids_BL.device
+        )
         for name in sorted(set(names)):
             rows_R = torch.tensor([b for b, n in enumerate(names) if n == name], device=logp_BT.device)
             part = self.scorers[name].score(rollouts.select(rows_R)).logp_BT

@@ -31,30 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TrainConfig, write_yaml
+from .config import RESUMABLE_CHANGES, TrainConfig, write_yaml
 from .errors import UserError
 from .faults import kill_point
 from .fsutil import atomic_folder
 from .models import save_model
 from .trackers import make_trackers, missing_package
-
-RESUMABLE_CHANGES = {
-    "run": {
-        "max_steps",
-        "save_every",
-        "positions_every",
-        "keep_last",
-        "max_skipped_steps",
-        "output_dir",
-        "report_to",
-    },
-    "eval": {"every", "benchmarks", "data_dir", "limit", "n", "max_new_tokens", "batch_size", "engine"},
-    # teachers are compared by name and model in train.py, so a served teacher may move to a new URL
-    "model": {"device", "teacher_device", "teacher", "teachers", "teacher_timeout_s", "teacher_retries"},
-    "rollout": {"engine", "vllm_kv_cache_gb", "vllm_gpu_memory_utilization", "vllm_enforce_eager", "vllm_sleep",
-                "vllm_max_model_len"},  # fmt: skip
-}
-"""Settings that ``--resume`` may change; any other difference from the run's config.yaml is refused."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -72,6 +54,16 @@ class RunDir:
         self._trackers = []
 
     # -- setup ---------------------------------------------------------------------------------------
+    def open(self, config: TrainConfig, *, resume: bool) -> Path | None:
+        """Check the folder against the run (``check``; writes nothing); the checkpoint to resume from, if any."""
+        self.check(config, resume=resume)
+        return self.latest_checkpoint() if resume else None
+
+    def start(self, config: TrainConfig, start_step: int) -> None:
+        """Create the folder and its trackers, write config.yaml, drop log rows after ``start_step`` (resume)."""
+        self.create(config)
+        self.truncate_logs(start_step)
+
     def check(self, config: TrainConfig, *, resume: bool) -> None:
         """Refuse a file, a new run into an old one, and a resume that would change the run; writes nothing."""
         if self.path.exists() and not self.path.is_dir():
