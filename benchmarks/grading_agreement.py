@@ -1,4 +1,4 @@
-"""Agreement of ``poweropd.grading.grade`` and of plain math-verify with the verdicts of public graders' tests.
+"""Agreement of ``poweropd.eval.grading.grade`` and of plain math-verify with the verdicts of public graders' tests.
 
 Each case of ``tests/data/grading_cases.jsonl`` is a gold answer, a response and the verdict the authors of a
 public grader's test file expect (its ``source`` names the repository and path). A response that is a bare answer
@@ -141,22 +141,22 @@ def main(argv=None) -> int:
         "--solutions", type=Path, metavar="DIR", help="grade the reference solutions in DIR instead"
     )
     p.add_argument(
-        "--disagreements", action="store_true", help="list the cases where poweropd.grading disagrees"
+        "--disagreements", action="store_true", help="list the cases where poweropd.eval.grading disagrees"
     )
     args = p.parse_args(argv)
 
-    from poweropd.grading import grade
+    from poweropd.eval.grading import grade
 
     cases = solution_cases(args.solutions) if args.solutions else load_cases(args.cases)
     results = {
-        "`poweropd.grading.grade`": run(grade, cases),
+        "`poweropd.eval.grading.grade`": run(grade, cases),
         "plain math-verify": run(plain_math_verify, cases),
     }
     print(table(results))
-    ours = results["`poweropd.grading.grade`"]
+    ours = results["`poweropd.eval.grading.grade`"]
     slowest = max(ours, key=lambda r: r["seconds"])
     print(
-        f"\n{len(cases)} cases; slowest for poweropd.grading: {slowest['seconds']:.2f} s ({slowest['test']})"
+        f"\n{len(cases)} cases; slowest for poweropd.eval.grading: {slowest['seconds']:.2f} s ({slowest['test']})"
     )
     if args.disagreements:
         for r in ours:

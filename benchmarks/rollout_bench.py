@@ -8,8 +8,8 @@
 
 Models: ``task`` (default) is the shipped task student and teacher, what the demo trains (head size 24: vLLM's
 CPU attention cannot run it, so ``vllm`` is left out there); ``--model`` loads a real model (student and teacher
-alike) with GSM8K prompts from ../shared/data; ``--shape`` builds a
-random-init Qwen3 of that shape (benchmarks/stepbench SHAPES) with the Qwen3 vocabulary. A random model
+alike) with GSM8K prompts from ../shared/data; ``--shape`` builds a random-init Qwen3 of that shape
+(benchmarks/stepbench SHAPES) with the Qwen3 vocabulary. A random model
 never says its stop token, so ``--mean-length L`` makes the first V/L token ids stop tokens: lengths are then
 about geometric with mean L, capped at --max-new-tokens, as real rollouts vary.
 
@@ -51,9 +51,7 @@ def copy_bandwidth(device) -> float:
     return 2 * n * 4 / statistics.median(times[1:])
 
 
-def decode_floor_s(
-    lengths: list[int], prompt_lens: list[int], weight_bytes: int, kv_per_token: int, bw: float
-):
+def decode_floor_s(lengths: list[int], prompt_lens: list[int], weight_bytes: int, kv_per_token: int, bw: float):
     """Σ over decode steps of (weights + the live rows' KV cache) bytes ÷ bandwidth."""
     total = 0.0
     for t in range(max(lengths)):
@@ -124,15 +122,15 @@ def load_models(args, device):
     import torch
 
     from poweropd.data import encode_prompts
-    from poweropd.models import stop_token_ids
-    from poweropd.tasks import arithmetic
-    from poweropd.tasks.recipe import SHIPPED_DIR
-    from poweropd.tasks.sft import load_task_model
+    from poweropd.demo.tasks import arithmetic
+    from poweropd.demo.tasks.recipe import SHIPPED_DIR
+    from poweropd.demo.tasks.sft import load_task_model
+    from poweropd.models.hf import stop_token_ids
 
     rows = max(map(int, args.batch_sizes.split(",")))
     if args.model is not None:
         from poweropd.data import read_jsonl
-        from poweropd.models import load_causal_lm, load_tokenizer
+        from poweropd.models.hf import load_causal_lm, load_tokenizer
 
         tokenizer = load_tokenizer(args.model)
         student, teacher = (load_causal_lm(args.model, dtype="float32", device=device) for _ in range(2))
@@ -143,13 +141,7 @@ def load_models(args, device):
         student, tokenizer = load_task_model(SHIPPED_DIR / "student")
         teacher, _ = load_task_model(SHIPPED_DIR / "teacher")
         problems = [r["problem"] for r in arithmetic.make_test(seed=1, n_test=rows)]
-        return (
-            student,
-            teacher,
-            stop_token_ids(tokenizer),
-            tokenizer.pad_token_id,
-            encode_prompts(tokenizer, problems),
-        )
+        return student, teacher, stop_token_ids(tokenizer), tokenizer.pad_token_id, encode_prompts(tokenizer, problems)
     from stepbench import QWEN3_VOCAB, make_model
 
     vocab = args.vocab or QWEN3_VOCAB
@@ -167,14 +159,14 @@ def load_models(args, device):
 def main() -> None:
     import torch
 
-    from poweropd.config import RewardConfig
-    from poweropd.continuous import kv_bytes_per_token
-    from poweropd.engines import SAMPLERS, make_sampler
-    from poweropd.losses import make_objective
-    from poweropd.rollout import SamplingConfig
-    from poweropd.teacher import HFScorer
-    from poweropd.update import compute_gradients
-    from poweropd.vllm_engine import unsupported_reason
+    from poweropd.config.sections import RewardConfig
+    from poweropd.objectives.losses import make_objective
+    from poweropd.rollout.continuous import kv_bytes_per_token
+    from poweropd.rollout.engines import SAMPLERS, make_sampler
+    from poweropd.rollout.samplers import SamplingConfig
+    from poweropd.rollout.vllm_engine import unsupported_reason
+    from poweropd.teachers.scorers import HFScorer
+    from poweropd.training.update import compute_gradients
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engines", default=None, help="default: every engine that runs the model")

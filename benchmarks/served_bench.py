@@ -48,11 +48,11 @@ def main() -> None:
     import torch
 
     from poweropd.data import encode_prompts, read_jsonl
-    from poweropd.models import load_causal_lm, load_tokenizer, resolve_model, stop_token_ids
-    from poweropd.rollout import SamplingConfig
-    from poweropd.served import ServedScorer
-    from poweropd.teacher import HFScorer
-    from poweropd.vllm_engine import VLLMSampler
+    from poweropd.models.hf import load_causal_lm, load_tokenizer, resolve_model, stop_token_ids
+    from poweropd.rollout.samplers import SamplingConfig
+    from poweropd.rollout.vllm_engine import VLLMSampler
+    from poweropd.teachers.scorers import HFScorer
+    from poweropd.teachers.served import ServedScorer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct")

@@ -27,14 +27,14 @@ HALVES = ("plus", "minus")
 
 
 def half_of(problem: str) -> str:
-    from poweropd.tasks.arithmetic import parse_problem
+    from poweropd.demo.tasks.arithmetic import parse_problem
 
     return "plus" if parse_problem(problem)[1][0][0] == "+" else "minus"
 
 
 def skewed_stream(own: str, seed: int):
     """Training rows: the teacher's own half answered right, the other half with every step slipped."""
-    from poweropd.tasks.arithmetic import base_response, iter_train, parse_problem
+    from poweropd.demo.tasks.arithmetic import base_response, iter_train, parse_problem
 
     rng = random.Random(f"multi-teacher-{own}-{seed}")
     for row in iter_train(seed, exclude=set()):
@@ -47,7 +47,7 @@ def skewed_stream(own: str, seed: int):
 def make_teacher(task, own: str, out: Path, steps: int) -> dict:
     import torch
 
-    from poweropd.tasks.sft import SFTConfig, accuracy, load_task_model, num_threads, sft
+    from poweropd.demo.tasks.sft import SFTConfig, accuracy, load_task_model, num_threads, sft
 
     torch.manual_seed(0)
     model, tokenizer = load_task_model(task.teacher_dir)
@@ -68,11 +68,11 @@ def run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from poweropd.benchmark_data import Problem
     from poweropd.cli import main
-    from poweropd.config import EvalConfig
-    from poweropd.evaluate import evaluate_model
-    from poweropd.tasks.sft import load_task_model
+    from poweropd.config.sections import EvalConfig
+    from poweropd.demo.tasks.sft import load_task_model
+    from poweropd.eval.benchmarks import Problem
+    from poweropd.eval.harness import evaluate_model
 
     out = Path(job["out"])
     argv = ["train", "--student", job["student"], *job["teachers"], "--data", job["data"], "--output-dir", str(out),
@@ -107,7 +107,7 @@ def main() -> None:
     p.add_argument("--teacher-sft-steps", type=int, default=400)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
-    from poweropd.tasks.recipe import TaskConfig, prepare_task_models
+    from poweropd.demo.tasks.recipe import TaskConfig, prepare_task_models
 
     started = time.perf_counter()
     out = args.output_dir

@@ -1,4 +1,4 @@
-"""Rebuild the task models that ship with the package (src/poweropd/tasks/shipped/) by their recipe.
+"""Rebuild the task models that ship with the package (src/poweropd/demo/tasks/shipped/) by their recipe.
 
     .venv/bin/python scripts/ship_task_models.py        # ~6 min on 2 cores
 
@@ -21,7 +21,7 @@ import time
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="poweropd-ship-") as cache:
         os.environ["POWEROPD_CACHE"] = cache
-        from poweropd.tasks.recipe import META_FILE, ROLES, SHIPPED_DIR, TaskConfig, prepare_task_models
+        from poweropd.demo.tasks.recipe import META_FILE, ROLES, SHIPPED_DIR, TaskConfig, prepare_task_models
 
         start = time.perf_counter()
         task = prepare_task_models(TaskConfig(), retrain=True, progress=True)

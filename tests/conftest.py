@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root (benchmarks/, configs/, tests/data/ are read from it)."""
+DATA_DIR = REPO.parent / "shared" / "data"
+"""The seven benchmarks and the training prompts, beside the clone (never copied into the repository)."""
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA_DIR
+
+
+def short_run_argv(pair, data, out, *extra) -> list[str]:
+    """``poweropd train`` on a tiny pair: 2 steps of 4 rollouts × 6 tokens, no checkpoints, no progress bar."""
+    student, teacher, _ = pair
+    return [
+        "train", "--student", str(student), "--teacher", str(teacher), "--data", str(data), "--output-dir",
+        str(out), "--batch-size", "4", "--max-new-tokens", "6", "--max-steps", "2", "--save-every", "0",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def metric_rows(out) -> list[dict]:
+    """The rows of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -97,3 +125,29 @@ def head32_pair(tmp_path_factory):
     shapes = (("student", 0, {"hidden": 64, "head_dim": 32, "context": 1024}),
               ("teacher", 1, {"hidden": 96, "head_dim": 32, "context": 1024}))  # fmt: skip
     return _write_pair(tmp_path_factory.mktemp("head32_pair"), shapes)
+
+
+def untimed_rows(out) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields: equal between a run and its exact rerun or resume."""
+    from poweropd.run import metric_names
+
+    return [{k: v for k, v in r.items() if not k.startswith(metric_names.TIMING)} for r in metric_rows(out)]
+
+
+def weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def accelerate_launch(*args, timeout=600, env=None) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with 2 CPU processes (gloo), one thread each."""
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -50,7 +50,7 @@ class BenchConfig:
     """Positions per output-layer chunk in our paths; None: the library default."""
     device: str = "cpu"
     dtype: str = "float32"
-    """float32, or bfloat16: teacher in bf16, student fp32 master weights under bf16 autocast (as train.py)."""
+    """float32, or bfloat16: teacher in bf16, student fp32 master weights under bf16 autocast (as training/loop.py)."""
     student_shape: str = "bench-student"
     teacher_shape: str = "bench-teacher"
     threads: int | None = None
@@ -107,7 +107,7 @@ def make_rollouts(cfg: BenchConfig, device: str):
     """A fixed random batch: left-padded prompts of varied length, responses of varied length (stop token 0)."""
     import torch
 
-    from poweropd.rollout import build_rollouts
+    from poweropd.rollout.samplers import build_rollouts
 
     g = torch.Generator().manual_seed(cfg.seed + 1)
     B, P, T = cfg.batch, cfg.prompt_len, cfg.seq

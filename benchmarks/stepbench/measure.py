@@ -84,8 +84,8 @@ def run_worker(mode_name: str, cfg: BenchConfig) -> dict:
     steps under the RSS sampler for the peak memory; one mode, in this process."""
     import torch
 
-    from poweropd.config import OptimConfig
-    from poweropd.update import make_optimizer
+    from poweropd.config.sections import OptimConfig
+    from poweropd.training.update import make_optimizer
 
     ctx = build_context(cfg)
     mode = MODES[mode_name]

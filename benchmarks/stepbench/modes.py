@@ -13,8 +13,8 @@ from .common import BenchConfig, Context
 # The four modes: score (teacher, no grad) then update (student forward + backward, grads in .grad)
 # ---------------------------------------------------------------------------------------------------
 def _objective(label: str):
-    from poweropd.config import RewardConfig
-    from poweropd.losses import make_objective
+    from poweropd.config.sections import RewardConfig
+    from poweropd.objectives.losses import make_objective
 
     return make_objective(RewardConfig.from_label(label))
 
@@ -24,14 +24,14 @@ def _chunk_kwargs(cfg: BenchConfig) -> dict:
 
 
 def ours_score(ctx: Context, *, keep_hidden: bool):
-    from poweropd.teacher import HFScorer
+    from poweropd.teachers.scorers import HFScorer
 
     scorer = HFScorer(ctx.teacher, **_chunk_kwargs(ctx.cfg))
-    return scorer.score(ctx.rollouts, keep_hidden=keep_hidden, logprobs=not keep_hidden)  # as train.py
+    return scorer.score(ctx.rollouts, keep_hidden=keep_hidden, logprobs=not keep_hidden)  # as training/loop.py
 
 
 def ours_update(ctx: Context, scores, *, objective: str) -> float:
-    from poweropd.update import compute_gradients
+    from poweropd.training.update import compute_gradients
 
     result = compute_gradients(
         ctx.student,
@@ -78,8 +78,8 @@ def naive_sampled_score(ctx: Context):
 def naive_sampled_update(ctx: Context, teacher_logp_BT) -> float:
     import torch
 
-    from poweropd.losses import policy_gradient_loss
-    from poweropd.rewards import power
+    from poweropd.objectives.losses import policy_gradient_loss
+    from poweropd.objectives.rewards import power
 
     r = ctx.rollouts
     mask_BT = r.loss_mask()
@@ -102,7 +102,7 @@ def full_kl_naive_score(ctx: Context):
 
 
 def full_kl_naive_update(ctx: Context, teacher_logits_BTV) -> float:
-    from poweropd.losses import full_kl_loss, reverse_kl_per_token
+    from poweropd.objectives.losses import full_kl_loss, reverse_kl_per_token
 
     mask_BT = ctx.rollouts.loss_mask()
     with ctx.autocast():
@@ -115,7 +115,7 @@ def full_kl_naive_update(ctx: Context, teacher_logits_BTV) -> float:
 def body_floor_score(ctx: Context):
     import torch
 
-    from poweropd.models import response_hidden_states
+    from poweropd.models.hf import response_hidden_states
 
     r = ctx.rollouts
     with torch.no_grad():
@@ -125,7 +125,7 @@ def body_floor_score(ctx: Context):
 def body_floor_update(ctx: Context, _teacher_hidden_BTH) -> float:
     """The student's decoder body forward and backward with a trivial loss on its hidden states: what
     every mode pays before the output layer."""
-    from poweropd.models import response_hidden_states
+    from poweropd.models.hf import response_hidden_states
 
     r = ctx.rollouts
     with ctx.autocast():
@@ -136,7 +136,7 @@ def body_floor_update(ctx: Context, _teacher_hidden_BTH) -> float:
 
 
 def _chunk_size(ctx: Context) -> int:
-    from poweropd.logprobs import DEFAULT_CHUNK_SIZE
+    from poweropd.objectives.logprobs import DEFAULT_CHUNK_SIZE
 
     return ctx.cfg.chunk_size or DEFAULT_CHUNK_SIZE
 
@@ -145,8 +145,8 @@ def matmul_floor_score(ctx: Context):
     """The teacher's body and its output-layer matmul, chunk by chunk, and nothing else."""
     import torch
 
-    from poweropd.logprobs import compute_dtype_for
-    from poweropd.models import output_layer
+    from poweropd.models.hf import output_layer
+    from poweropd.objectives.logprobs import compute_dtype_for
 
     hidden_BTH = body_floor_score(ctx)
     hidden_NH = hidden_BTH.reshape(-1, hidden_BTH.shape[-1])
@@ -164,7 +164,7 @@ def matmul_floor_update(ctx: Context, _teacher_hidden_BTH) -> float:
     loss. The floor that the matmuls set; our paths add the elementwise passes to it."""
     import torch
 
-    from poweropd.models import output_layer, response_hidden_states
+    from poweropd.models.hf import output_layer, response_hidden_states
 
     r = ctx.rollouts
     weight_VH, chunk = output_layer(ctx.student).weight, _chunk_size(ctx)

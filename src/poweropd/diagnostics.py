@@ -2,7 +2,7 @@
 
 The paper's argument is about the *distribution* of the vanilla OPD reward: a heavy negative tail
 (log π_T − log π_S near −50), concentrated at the first response tokens. These functions turn
-(teacher, student) log-probs into the numbers behind those claims; ``plots.py`` draws them.
+(teacher, student) log-probs into the numbers behind those claims; ``plots/diagnose.py`` draws them.
 
 Everything here takes torch tensors (or numpy arrays) and returns Python floats, lists and dicts. Statistics
 of an empty selection are ``None`` (JSON null), never NaN. ``sample_and_score`` at the bottom is the one
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .rewards import REWARDS
+from .objectives.rewards import REWARDS
 
 PERCENTILES = {"p01": 1, "p05": 5, "p50": 50, "p95": 95, "p99": 99}
 LOG_RATIO_THRESHOLDS = (-5.0, -10.0, -20.0)
@@ -165,7 +165,7 @@ def reward_values(
 
     Each value is (B, T) float32, zero where the mask is False.
     """
-    from .config import RewardConfig
+    from .config.sections import RewardConfig
 
     out = {}
     for name, record in REWARDS.items():
@@ -266,10 +266,10 @@ def sample_and_score(
     Seed the RNG (``torch.manual_seed``) before calling for reproducible samples.
     """
     from .data import encode_prompts
-    from .engines import make_sampler
-    from .models import sampled_logprobs, stop_token_ids
-    from .rollout import SamplingConfig
-    from .teacher import HFScorer
+    from .models.hf import sampled_logprobs, stop_token_ids
+    from .rollout.engines import make_sampler
+    from .rollout.samplers import SamplingConfig
+    from .teachers.scorers import HFScorer
 
     config = SamplingConfig(
         max_new_tokens=max_new_tokens,

@@ -13,9 +13,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import RolloutConfig
-    from ..demo import DemoConfig
-    from ..flags import add_field, default_of
+    from ..config.flags import add_field, default_of
+    from ..config.sections import RolloutConfig
+    from ..demo.experiment import DemoConfig
 
     a = parser.add_argument
     group = parser.add_mutually_exclusive_group()
@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoConfig, run_demo
-    from ..demo_report import results_table
+    from ..demo.experiment import DemoConfig, run_demo
+    from ..demo.report import results_table
 
     overrides = {"output_dir": args.output_dir, "retrain_task_models": args.retrain_task_models}
     if args.methods:

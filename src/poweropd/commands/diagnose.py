@@ -46,10 +46,10 @@ def _temperature(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import ModelConfig, RolloutConfig, RunConfig
-    from ..engines import add_vllm_arguments
-    from ..flags import add_field
-    from ..models import DTYPES as LOAD_DTYPES
+    from ..config.flags import add_field
+    from ..config.sections import ModelConfig, RolloutConfig, RunConfig
+    from ..models.hf import DTYPES as LOAD_DTYPES
+    from .shared import add_vllm_arguments
 
     parser.add_argument("--teacher", required=True, help="hub id, local folder or alias of the teacher")
     parser.add_argument("--student", required=True, help="hub id, local folder or alias of the student")
@@ -79,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import diagnostics as D
-    from .. import plots
     from ..data import read_jsonl
-    from ..engines import vllm_options
     from ..errors import UserError
-    from ..models import check_pair, load_causal_lm, load_tokenizer
+    from ..models.hf import check_pair, load_causal_lm, load_tokenizer
+    from ..plots import diagnose as plots
+    from .shared import vllm_options
 
     vllm = vllm_options(args)
     if args.output_dir.exists() and not args.output_dir.is_dir():

@@ -16,9 +16,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """EvalConfig's fields as flags, with `poweropd eval`'s own defaults (config.EVAL_COMMAND)."""
-    from ..config import EVAL_COMMAND, EvalConfig, ModelConfig
-    from ..engines import add_vllm_arguments
-    from ..flags import add_field, add_section
+    from ..config.flags import add_field, add_section
+    from ..config.sections import EVAL_COMMAND, EvalConfig, ModelConfig
+    from .shared import add_vllm_arguments
 
     a = parser.add_argument
     a("--model", required=True, help="hub id, local folder or alias (e.g. smollm2-135m-instruct)")
@@ -35,10 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..benchmark_data import load_benchmark, resolve_benchmarks
-    from ..engines import resolve_engine, vllm_options
     from ..errors import UserError
-    from ..evaluate import EvalConfig, evaluate_model, format_table, write_results
+    from ..eval.benchmarks import load_benchmark, resolve_benchmarks
+    from ..eval.harness import EvalConfig, evaluate_model, format_table, write_results
+    from ..rollout.engines import resolve_engine
+    from .shared import vllm_options
 
     # Every input is checked before the model loads and before anything is written.
     given = {key: getattr(args, dest) for dest, (_, key) in args._fields.items()}
@@ -53,14 +54,14 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..models import load_causal_lm, load_tokenizer
+    from ..models.hf import load_causal_lm, load_tokenizer
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available; use --device cpu")
-    # under `accelerate launch` the problems are sharded over the processes and gathered (distributed.py)
+    # under `accelerate launch` the problems are sharded over the processes and gathered (training/collective.py)
     from accelerate import Accelerator
 
-    from ..distributed import AcceleratorCollective
+    from ..collective import AcceleratorCollective
 
     accelerator = Accelerator(cpu=args.device == "cpu")
     device = accelerator.device if args.device == "cuda" else "cpu"
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code
     )
     if resolve_engine(cfg.engine, model) == "vllm":
-        from ..vllm_engine import check_supported
+        from ..rollout.vllm_engine import check_supported
 
         check_supported(model, device, f"--model {args.model}", vllm)
 

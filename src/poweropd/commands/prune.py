@@ -12,9 +12,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..config import ModelConfig
-    from ..flags import add_field
-    from ..models import DTYPES as LOAD_DTYPES
+    from ..config.flags import add_field
+    from ..config.sections import ModelConfig
+    from ..models.hf import DTYPES as LOAD_DTYPES
 
     parser.add_argument("--model", required=True, help="hub id, local folder or alias of the model to prune")
     parser.add_argument(
@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..fsutil import atomic_folder
-    from ..models import load_causal_lm, load_tokenizer, save_model
-    from ..prune import parse_layer_spec, prune_layers
+    from ..models.hf import load_causal_lm, load_tokenizer, save_model
+    from ..models.prune import parse_layer_spec, prune_layers
 
     if args.output_dir.exists() and (not args.output_dir.is_dir() or any(args.output_dir.iterdir())):
         raise UserError(f"--output-dir {args.output_dir}: already exists (expected a new or empty folder)")

@@ -17,8 +17,8 @@ from ..errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every config field is a flag (flags.py: name, help, default and choices from the field); the eval
     section's are ``--eval-*``. Declared here: the forms that are not one field = one value."""
-    from ..config import SECTIONS
-    from ..flags import add_reward_hparams, add_section, docstrings
+    from ..config.flags import add_reward_hparams, add_section, docstrings
+    from ..config.sections import SECTIONS
 
     a = parser.add_argument
     a("--config", metavar="PRESET.yaml", help="YAML preset (sections model/rollout/reward/optim/eval/run); flags override it")  # fmt: skip
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for section, cls in SECTIONS.items():
         fields.update(add_section(parser, cls, prefix="eval-" if section == "eval" else ""))
         if section == "reward":
-            fields.update(add_reward_hparams(parser))
+            fields.update(add_reward_hparams(parser, cls))
     a("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     a("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(_fields=fields)
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """Preset (if any) overlaid with the flags that were given, validated."""
-    from ..config import TrainConfig, read_preset
+    from ..config.sections import TrainConfig, read_preset
 
     sections = read_preset(args.config) if args.config else {}
     source = f"--config {args.config}" if args.config else "flags"
@@ -67,8 +67,8 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..faults import Interrupted
-    from ..train import train
+    from ..run.faults import Interrupted
+    from ..training.loop import train
 
     config = build_config(args)
     try:
