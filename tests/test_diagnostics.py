@@ -108,7 +108,8 @@ def test_reward_table_power_bounded_where_log_ratio_is_not():
     table = D.reward_table(teacher_logp_BT, student_logp_BT, mask_BT, alphas)
     # every registered reward, each α where the reward accepts it (proximal: α ≤ 1)
     assert set(table) == {"log_ratio", "clip", "tanh", "zscore", "power@0.1", "power@1", "power@10", "power@100",
-                          "proximal@0.1", "proximal@1"}  # fmt: skip
+                          "proximal@0.1", "proximal@1", "tv"}  # fmt: skip
+    assert table["tv"]["min"] == -1.0 and table["tv"]["max"] == 1.0  # sign(log ratio) at strength 1
     assert table["proximal@0.1"]["min"] >= math.log(0.9) - 1e-6  # bounded below by log(1 − α)
     assert table["proximal@1"]["min"] == pytest.approx(table["log_ratio"]["min"], abs=1e-4)
     ratio_N = (teacher_logp_BT - student_logp_BT)[mask_BT]
@@ -141,3 +142,14 @@ def test_histogram_counts_every_finite_value():
     h = D.histogram(torch.tensor([-1.0, 0.0, 0.5, 1.0, float("-inf")]), bins=4, value_range=(-1.0, 1.0))
     assert h["counts"] == [1, 0, 1, 2]
     assert h["edges"] == [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
+def test_the_kl_baseline_appears_in_the_table_when_the_kl_is_given():
+    """vOPD's reward is the log ratio + the per-position KL: its statistics are the log ratio's shifted by it."""
+    gen = torch.Generator().manual_seed(2)
+    teacher_logp_BT, student_logp_BT = -torch.rand(2, 8, generator=gen) * 5, -torch.rand(2, 8, generator=gen)
+    mask_BT = torch.ones(2, 8, dtype=torch.bool)
+    kl_BT = torch.full((2, 8), 0.25)
+    table = D.reward_table(teacher_logp_BT, student_logp_BT, mask_BT, [1.0], kl_BT=kl_BT)
+    assert table["log_ratio+kl"]["mean"] == pytest.approx(table["log_ratio"]["mean"] + 0.25)
+    assert "log_ratio+kl" not in D.reward_table(teacher_logp_BT, student_logp_BT, mask_BT, [1.0])

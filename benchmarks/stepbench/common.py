@@ -9,14 +9,16 @@ QWEN3_VOCAB = 151_936
 MODE_NAMES = (
     "power_sampled",
     "power_entropy",
+    "tv_sampled",
+    "vopd_kl_baseline",
     "naive_sampled",
     "full_kl_naive",
     "full_kl_chunked",
     "body_floor",
     "matmul_floor",
 )
-DEFAULT_MODES = tuple(m for m in MODE_NAMES if m != "power_entropy")
-"""What --quick and a plain run measure (the table of BENCHMARKS.md); power_entropy is asked for by name."""
+DEFAULT_MODES = tuple(m for m in MODE_NAMES if m not in ("power_entropy", "tv_sampled", "vopd_kl_baseline"))
+"""What --quick and a plain run measure (the table of BENCHMARKS.md); the options' modes are asked for by name."""
 
 # name -> (layers, hidden, heads, kv heads, head_dim, intermediate, tied embeddings)
 SHAPES = {

@@ -203,6 +203,15 @@ MODES: dict[str, Mode] = {
         functools.partial(ours_score, keep_hidden=False),
         functools.partial(ours_update, objective="power@1+entropy:0.5"),
     ),
+    # TV-OPD (--reward tv): c · sign(log ratio) through the same fused op as power
+    "tv_sampled": Mode(
+        functools.partial(ours_score, keep_hidden=False), functools.partial(ours_update, objective="tv")
+    ),
+    # vOPD (--reward log_ratio --reward-baseline kl): the teacher's hidden states, a no-grad KL pass over both
+    # output layers, then the fused surrogate
+    "vopd_kl_baseline": Mode(
+        functools.partial(ours_score, keep_hidden=True), functools.partial(ours_update, objective="log_ratio+kl")
+    ),
     "naive_sampled": Mode(naive_sampled_score, naive_sampled_update),
     "full_kl_naive": Mode(full_kl_naive_score, full_kl_naive_update),
     "full_kl_chunked": Mode(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .objectives.losses import vopd_rewards
 from .objectives.rewards import REWARDS
 
 PERCENTILES = {"p01": 1, "p05": 5, "p50": 50, "p95": 95, "p99": 99}
@@ -159,6 +160,7 @@ def reward_values(
     *,
     clip_range: tuple[float, float] = (-1.0, 1.0),
     tanh_tau: float = 1.0,
+    kl_BT: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Every reward of the registry on the same tokens, keyed by its label: "log_ratio", "clip", "tanh",
     "zscore", "power@α" and "proximal@α" for each α that the reward accepts, and any registered reward.
@@ -179,6 +181,8 @@ def reward_values(
                 name=name, clip_low=clip_range[0], clip_high=clip_range[1], tanh_tau=tanh_tau, **extra
             )
             out[cfg.label] = record.bind(**cfg.hparams)(teacher_logp_BT, student_logp_BT, mask_BT)
+    if kl_BT is not None:  # vOPD: the log ratio with its control-variate baseline
+        out["log_ratio+kl"] = vopd_rewards(REWARDS["log_ratio"].fn, teacher_logp_BT, student_logp_BT, kl_BT, mask_BT)
     return out
 
 
@@ -191,11 +195,12 @@ def reward_table(
     clip_range: tuple[float, float] = (-1.0, 1.0),
     tanh_tau: float = 1.0,
     thresholds: tuple[float, ...] = LOG_RATIO_THRESHOLDS,
+    kl_BT: Tensor | None = None,
 ) -> dict[str, dict]:
     """``summary_stats`` of every reward over the valid tokens; the log ratio also gets ``frac_below_<t>``."""
     mask_BT = mask_BT.bool()
     values = reward_values(
-        teacher_logp_BT, student_logp_BT, mask_BT, alphas, clip_range=clip_range, tanh_tau=tanh_tau
+        teacher_logp_BT, student_logp_BT, mask_BT, alphas, clip_range=clip_range, tanh_tau=tanh_tau, kl_BT=kl_BT
     )
     return {
         name: summary_stats(reward_BT[mask_BT], thresholds if name == "log_ratio" else ())
@@ -229,6 +234,7 @@ class ScoredRollouts:
     truncated_B: Tensor
     response_lengths_B: Tensor  # generated tokens up to and including the stop token
     prompt_index_B: Tensor  # which problem each row answers
+    kl_BT: Tensor | None = None  # exact KL(π_S‖π_T) at each position over the tokenizer's range (vOPD's baseline)
 
 
 def _pad_right(tensors: list[Tensor], width: int, value) -> Tensor:
@@ -254,6 +260,7 @@ def sample_and_score(
     batch_size: int = 8,
     engine: str = "generate",
     vllm=None,
+    teacher_temperature: float = 1.0,
 ) -> ScoredRollouts:
     """Sample student rollouts as training does and score every token with both models.
 
@@ -266,7 +273,8 @@ def sample_and_score(
     Seed the RNG (``torch.manual_seed``) before calling for reproducible samples.
     """
     from .data import encode_prompts
-    from .models.hf import sampled_logprobs, stop_token_ids
+    from .models.hf import output_layer, sampled_logprobs, stop_token_ids
+    from .objectives.losses import chunked_reverse_kl
     from .rollout.engines import make_sampler
     from .rollout.samplers import SamplingConfig
     from .teachers.scorers import HFScorer
@@ -280,7 +288,7 @@ def sample_and_score(
         vocab_size=len(tokenizer),
     )
     sampler = make_sampler(engine, student, tokenizer.pad_token_id, config, vllm=vllm)
-    scorer = HFScorer(teacher)
+    scorer = HFScorer(teacher, temperature=teacher_temperature)
     student.eval()
     student_device = next(student.parameters()).device
     prompt_ids = encode_prompts(tokenizer, problems)
@@ -297,13 +305,17 @@ def sample_and_score(
             ]
     finally:
         sampler.close()
-    keys = ("ids", "mask", "teacher", "student", "truncated", "lengths", "index")
+    keys = ("ids", "mask", "teacher", "student", "truncated", "lengths", "index", "kl")
     parts: dict[str, list[Tensor]] = {k: [] for k in keys}
     for start, rollouts in zip(range(0, len(rows), batch_size), chunks):
         batch = rows[start : start + batch_size]
-        teacher_logp_BT = scorer.score(rollouts).logp_BT
+        scores = scorer.score(rollouts, keep_hidden=True)
+        teacher_logp_BT = scores.logp_BT
         r = rollouts.to(student_device)
-        student_logp_BT, _ = sampled_logprobs(student, r)
+        student_logp_BT, hidden_BTH = sampled_logprobs(student, r)
+        kl_BT, _, _ = chunked_reverse_kl(output_layer(student), scores.head, hidden_BTH, scores.hidden_at(1.0),
+                                         r.response_ids_BT, vocab_size=len(tokenizer))  # fmt: skip
+        parts["kl"].append(kl_BT.float().cpu())
         parts["ids"].append(rollouts.response_ids_BT.cpu())
         parts["mask"].append(rollouts.loss_mask().cpu())
         parts["teacher"].append(teacher_logp_BT.float().cpu())
@@ -318,6 +330,7 @@ def sample_and_score(
         mask_BT=_pad_right(parts["mask"], width, False),
         teacher_logp_BT=_pad_right(parts["teacher"], width, 0.0),
         student_logp_BT=_pad_right(parts["student"], width, 0.0),
+        kl_BT=_pad_right(parts["kl"], width, 0.0),
         truncated_B=torch.cat(parts["truncated"]),
         response_lengths_B=torch.cat(parts["lengths"]),
         prompt_index_B=torch.cat(parts["index"]),

@@ -382,3 +382,76 @@ def test_top_fraction_by_hand():
     assert top_fraction(score, mask, 0.5).tolist() == [False, True, True, False, False]  # ceil(0.5·4) = 2
     assert top_fraction(score, mask, 1.0).tolist() == mask.tolist()
     assert not top_fraction(score, torch.zeros(5, dtype=torch.bool), 0.5).any()
+
+
+def _teacher_micro_batch(head, hidden_BTH, teacher_head, teacher_hidden_BTH, temperature=1.0, teacher_temperature=None):
+    mb = _micro_batch(head, hidden_BTH, temperature=temperature, vocab_size=29)
+    mb.teacher = TeacherScores(None, teacher_hidden_BTH, teacher_head, teacher_temperature)
+    return mb
+
+
+def test_the_kl_baseline_is_the_log_ratio_plus_the_exact_kl_on_both_paths():
+    """vOPD (log_ratio+kl): loss = −Σ sg[log π_T − log π_S + KL]·log π_S / N with the KL of the whole vocabulary
+    (reverse_kl_per_token on the tokenizer's range), the same through the fused op and the reference path."""
+    torch.manual_seed(0)
+    head, teacher_head = torch.nn.Linear(12, 29, bias=False), torch.nn.Linear(16, 31, bias=False)
+    teacher_hidden_BTH = torch.randn(3, 7, 16)
+    objective = make_objective(RewardConfig.from_label("log_ratio+kl"))
+    assert objective.needs_teacher_hidden
+    results = []
+    for layer in (head, _NotLinear(head)):
+        hidden_BTH = torch.randn(3, 7, 12, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        mb = _teacher_micro_batch(layer, hidden_BTH, teacher_head, teacher_hidden_BTH, temperature=0.8)
+        loss, out = objective.micro_batch_loss(mb)
+        results.append((loss, out, torch.autograd.grad(loss, (hidden_BTH, head.weight)), mb))
+    (loss_f, out_f, grads_f, mb), (loss_r, out_r, grads_r, _) = results
+    torch.testing.assert_close(loss_f, loss_r)
+    torch.testing.assert_close(out_f["reward"], out_r["reward"])
+    for a, b in zip(grads_f, grads_r):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():  # by hand: logits over the shared range at temperature 0.8
+        s_BTV = head(mb.hidden_BTH)[..., :29] / 0.8
+        t_BTV = teacher_head(teacher_hidden_BTH)[..., :29] / 0.8
+        kl_BT = reverse_kl_per_token(s_BTV, t_BTV)
+        pick = lambda x: F.log_softmax(x, -1).gather(-1, mb.tokens_BT[..., None])[..., 0]  # noqa: E731
+        expected_BT = torch.where(mb.mask_BT, pick(t_BTV) - pick(s_BTV) + kl_BT, 0.0)
+    torch.testing.assert_close(out_f["reward"], expected_BT)
+    logp_BT = F.log_softmax(head(mb.hidden_BTH) / 0.8, -1).gather(-1, mb.tokens_BT[..., None])[..., 0]
+    torch.testing.assert_close(loss_f, -(expected_BT * logp_BT).sum() / mb.num_tokens)
+
+
+def test_a_teacher_temperature_of_its_own_is_exact_in_the_full_kl():
+    """full_kl with the teacher at T_T = 2 and the rollouts at 0.8: the loss is Σ KL(softmax(z_S/0.8) ‖
+    softmax(z_T/2)) / N, computed by hand, on the fused and the reference path."""
+    torch.manual_seed(0)
+    head, teacher_head = torch.nn.Linear(12, 29, bias=False), torch.nn.Linear(16, 29, bias=False)
+    teacher_hidden_BTH = torch.randn(3, 7, 16)
+    objective = make_objective(RewardConfig(name="full_kl"))
+    hidden_BTH = torch.randn(3, 7, 12)
+    for layer in (head, _NotLinear(head)):
+        mb = _teacher_micro_batch(layer, hidden_BTH, teacher_head, teacher_hidden_BTH, temperature=0.8,
+                                  teacher_temperature=2.0)  # fmt: skip
+        if not isinstance(layer, torch.nn.Linear):
+            mb.teacher = TeacherScores(None, teacher_hidden_BTH, _NotLinear(teacher_head), 2.0)
+            with pytest.raises(ValueError, match="bias-free linear output layer"):
+                objective.micro_batch_loss(mb)
+            continue
+        loss, _ = objective.micro_batch_loss(mb)
+        with torch.no_grad():
+            kl_BT = reverse_kl_per_token(head(hidden_BTH) / 0.8, teacher_head(teacher_hidden_BTH) / 2.0)
+        torch.testing.assert_close(loss, torch.where(mb.mask_BT, kl_BT, 0.0).sum() / mb.num_tokens)
+
+
+def test_the_no_grad_kl_pass_equals_the_chunked_reference():
+    """fused.reverse_kl_values (vOPD's memory-light pass) gives chunked_reverse_kl's KL and log-probs, with a
+    teacher wider than the tokenizer and a chunk that does not divide B·T."""
+    from poweropd.objectives.fused import reverse_kl_values
+
+    student, teacher = _layers()
+    torch.manual_seed(4)
+    s_BTH, t_BTH = torch.randn(2, 9, 16), torch.randn(2, 9, 20)
+    tokens_BT = torch.randint(0, 37, (2, 9))
+    kwargs = {"vocab_size": 37, "temperature": 0.7, "chunk_size": 5}
+    for a, b in zip(reverse_kl_values(student, teacher, s_BTH, t_BTH, tokens_BT, **kwargs),
+                    chunked_reverse_kl(student, teacher, s_BTH, t_BTH, tokens_BT, **kwargs)):  # fmt: skip
+        torch.testing.assert_close(a, b.detach())

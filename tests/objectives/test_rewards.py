@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from poweropd.config.sections import RewardConfig
+from poweropd.errors import UserError
 from poweropd.objectives.rewards import (
     REWARDS,
     Reward,
@@ -216,3 +217,121 @@ def test_a_registered_toy_reward_trains(tiny_pair, tmp_path):
             register(Reward("ones", ones, "again"))
     finally:
         REWARDS.pop("ones", None)
+
+
+# ---- TV-OPD, vOPD's baseline, the sign convention (issue #26) --------------------------------------------
+
+
+def test_tv_by_hand():
+    from poweropd.objectives.rewards import tv
+
+    # log ratios: ln 2, −ln 2, 0 | ln(1/9), ln 9, (padding)
+    expected = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]])
+    torch.testing.assert_close(tv(TEACHER, STUDENT, MASK), expected)
+    torch.testing.assert_close(tv(TEACHER, STUDENT, MASK, scale=0.25), 0.25 * expected)
+
+
+def test_tv_estimate_by_hand():
+    from poweropd.objectives.rewards import tv_estimate
+
+    # [1 − π_T/π_S]_+ : ratios 2, 1/2, 1 | 1/9, 9 -> 0, 1/2, 0 | 8/9, 0; padding 0
+    expected = torch.tensor([[0.0, 0.5, 0.0], [8 / 9, 0.0, 0.0]])
+    torch.testing.assert_close(tv_estimate(TEACHER, STUDENT, MASK), expected)
+
+
+def test_tv_estimate_is_unbiased_for_the_total_variation():
+    """E_{a~π_S}[1 − π_T(a)/π_S(a)]_+ = ½ Σ_a |π_T(a) − π_S(a)|, summed exactly over a 4-token vocabulary."""
+    from poweropd.objectives.rewards import tv_estimate
+
+    student = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    teacher = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    per_token = tv_estimate(teacher.log()[None], student.log()[None], torch.ones(1, 4, dtype=torch.bool))[0]
+    assert float((student * per_token).sum()) == pytest.approx(0.5 * float((teacher - student).abs().sum()))
+
+
+def test_tv_strength_by_hand():
+    """TV-OPD eq. 11: the first estimate sets the EMA and the reference (c stays 1); then
+    D̄ = 0.95·D̄ + 0.05·D̂ and c = clip(((D̄ + ε)/(D_ref + ε))^α, c_min, 1)."""
+    from poweropd.objectives.rewards import tv_strength
+
+    kw = {"alpha": 0.5, "beta": 0.95, "min_scale": 0.1, "eps": 0.0}
+    s1 = tv_strength({"scale": 1.0, "ema": None, "ref": None}, 0.4, **kw)
+    assert s1 == {"scale": 1.0, "ema": 0.4, "ref": 0.4}
+    s2 = tv_strength(s1, 0.0, **kw)
+    assert s2["ema"] == pytest.approx(0.38) and s2["ref"] == 0.4
+    assert s2["scale"] == pytest.approx(math.sqrt(0.38 / 0.4))
+    above = tv_strength(s1, 1.0, **kw)  # TV above the reference: the strength stays at 1
+    assert above["scale"] == 1.0
+    floor = tv_strength({"scale": 1.0, "ema": 1e-6, "ref": 0.4}, 0.0, **kw)
+    assert floor["scale"] == 0.1  # the floor c_min
+
+
+def test_vopd_baseline_keeps_the_expectation_and_lowers_the_variance():
+    """Tokens sampled from a known π_S at 3 positions: the log ratio's mean is −KL at each; the log ratio + KL
+    averages 0 within 4 standard errors, and its variance is the log ratio's (a constant shift per position),
+    so over positions with different KLs the pooled variance falls."""
+    from poweropd.objectives.losses import vopd_rewards
+
+    g = torch.Generator().manual_seed(0)
+    student_PV = torch.softmax(torch.randn(3, 6, generator=g) * 2, -1)
+    teacher_PV = torch.softmax(torch.randn(3, 6, generator=g) * 2, -1)
+    kl_P = (student_PV * (student_PV.log() - teacher_PV.log())).sum(-1)
+    n = 20_000
+    tokens_PN = torch.multinomial(student_PV, n, replacement=True, generator=g)
+    s_PN, t_PN = student_PV.log().gather(1, tokens_PN), teacher_PV.log().gather(1, tokens_PN)
+    mask_PN = torch.ones_like(s_PN, dtype=torch.bool)
+    plain_PN = REWARDS["log_ratio"].fn(t_PN, s_PN, mask_PN)
+    corrected_PN = vopd_rewards(REWARDS["log_ratio"].fn, t_PN, s_PN, kl_P[:, None].expand(-1, n), mask_PN)
+    se_P = corrected_PN.std(1) / math.sqrt(n)
+    assert (plain_PN.mean(1) + kl_P).abs().max() < 4 * se_P.max()  # the log ratio's mean is −KL
+    assert (corrected_PN.mean(1).abs() < 4 * se_P).all()  # the corrected reward's mean is 0
+    assert corrected_PN.var() < plain_PN.var()  # pooled over positions: the baseline removes the means' spread
+    torch.testing.assert_close(corrected_PN.var(1), plain_PN.var(1))
+
+
+@pytest.mark.parametrize("name", [n for n, r in REWARDS.items() if r.sign_consistent])
+@settings(max_examples=200, deadline=None)
+@given(t=logps, s=logps)
+def test_every_sign_consistent_reward_has_the_sign_of_the_log_ratio(name, t, s):
+    """sign(r_t) = sign(log π_T − log π_S) wherever the log ratio is not 0 (a re-implementation that negates
+    the reward trains away from the teacher): at each record's default hyperparameters. In float32 a reward may
+    round to 0 where the log ratio is below its resolution (π^α of two probabilities that differ by 1e-38): it
+    is never of the opposite sign, and exactly of the same sign from |log ratio| ≥ 1e-4."""
+    record = REWARDS[name]
+    t_11, s_11 = torch.tensor([[t]]), torch.tensor([[s]])  # float32, as the loop passes them
+    ratio = (t_11 - s_11).item()
+    defaults = {kw: hp.default for kw, hp in record.hparams.items()}
+    r = record.bind(**defaults)(t_11, s_11, torch.tensor([[True]])).item()
+    assert r * ratio >= 0, (name, t, s, r)
+    if abs(ratio) >= 1e-4:
+        assert math.copysign(1.0, r) == math.copysign(1.0, ratio) and r != 0, (name, t, s, r)
+
+
+@pytest.mark.parametrize("name", [n for n, r in REWARDS.items() if r.sign_consistent])
+def test_a_gradient_step_raises_the_token_the_teacher_prefers(name):
+    """A toy pair over 4 tokens; the student samples token 0, which the teacher prefers (π_T 0.7 > π_S 0.25),
+    and token 1, which the teacher does not (π_T 0.1 < π_S 0.25). One SGD step on L = −Σ sg[r]·log π_S raises
+    π_S(0) and lowers π_S(1), for every sign-consistent reward."""
+    record = REWARDS[name]
+    logits_V = torch.zeros(4, requires_grad=True)  # π_S uniform: 0.25 each
+    teacher_V = torch.tensor([0.7, 0.1, 0.1, 0.1]).log()
+    tokens_BT = torch.tensor([[0, 1]])
+    mask_BT = torch.ones(1, 2, dtype=torch.bool)
+    student_logp_BT = torch.log_softmax(logits_V, -1)[tokens_BT]
+    defaults = {kw: hp.default for kw, hp in record.hparams.items()}
+    reward_BT = record.bind(**defaults)(teacher_V[tokens_BT], student_logp_BT.detach(), mask_BT)
+    loss = -(reward_BT * student_logp_BT).sum() / 2
+    loss.backward()
+    with torch.no_grad():
+        after_V = torch.softmax(logits_V - 0.5 * logits_V.grad, -1)
+    assert after_V[0] > 0.25 > after_V[1], (name, after_V)
+
+
+def test_tv_and_the_kl_baseline_are_labels_and_flags():
+    assert RewardConfig.from_label("tv").label == "tv"
+    assert RewardConfig.from_label("log_ratio+kl").baseline == "kl"
+    assert RewardConfig.from_label("log_ratio+kl").label == "log_ratio+kl"
+    with pytest.raises(UserError, match=r"reward.baseline \(--reward-baseline\): expected --reward log_ratio"):
+        RewardConfig(name="power", baseline="kl")
+    with pytest.raises(UserError, match=r"tv_min_scale"):
+        RewardConfig(name="tv", extra={"tv_min_scale": 0.0})

@@ -99,7 +99,9 @@ def test_diagnose_end_to_end(tiny_pair, tmp_path):
     assert 1 <= meta["response_length"]["min"] <= meta["response_length"]["max"] <= 12
     # proximal takes α ∈ (0, 1] only, so --alphas 0.1,1,10 gives proximal@0.1 and proximal@1
     expected = {"log_ratio", "power@0.1", "power@1", "power@10", "clip", "tanh", "zscore"}
-    assert set(rewards) == expected | {"proximal@0.1", "proximal@1"}
+    assert set(rewards) == expected | {"proximal@0.1", "proximal@1", "tv", "log_ratio+kl"}
+    # vOPD's baseline: the log ratio + KL ≥ 0 at every token, so its mean lies above the log ratio's
+    assert rewards["log_ratio+kl"]["mean"] >= rewards["log_ratio"]["mean"]
     for stat in ("min", "max", "mean"):  # α = 1 is the log ratio itself
         assert rewards["proximal@1"][stat] == pytest.approx(rewards["log_ratio"][stat], abs=1e-6)
     assert rewards["proximal@0.1"]["min"] >= math.log(0.9) - 1e-6

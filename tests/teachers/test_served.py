@@ -179,7 +179,9 @@ def test_a_server_that_dies_mid_run_stops_it_in_one_line_and_resume_ends_as_unin
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [(["--temperature", "0.7"], "temperature 1 whatever the request asks"),
-     (["--reward", "full_kl"], "full_kl needs the teacher's whole distribution")],
+     (["--teacher-temperature", "0.7"], "the teacher's log-probs are asked at --teacher-temperature 0.7"),
+     (["--reward", "full_kl"], "full_kl needs the teacher's whole distribution"),
+     (["--reward", "log_ratio", "--reward-baseline", "kl"], "the kl baseline needs the teacher's whole distribution")],
 )  # fmt: skip
 def test_what_a_served_teacher_cannot_do_is_refused_in_one_line(pair, server, tmp_path, capsys, extra, expected):
     out = tmp_path / "run"

@@ -8,6 +8,7 @@ from conftest import REPO, metric_rows
 from safetensors.torch import load_file
 
 from poweropd.cli import main
+from poweropd.collective import SingleProcess
 from poweropd.data import DataOrder
 
 CONFIGS = REPO / "configs"
@@ -319,3 +320,69 @@ def test_resume_keeps_the_teacher_also_for_a_checkpoint_that_does_not_record_it(
     other = _train_args((student, student, prompts), out, "--max-steps", "3", "--save-every", "2", "--resume")
     assert main(other) == 2 and "expected the same names and models" in capsys.readouterr().err
     assert main(_train_args(tiny_pair, out, "--max-steps", "3", "--save-every", "2", "--resume")) == 0
+
+
+@pytest.mark.slow
+def test_tv_opd_strength_falls_logs_and_resumes_bit_exactly(tiny_pair, tmp_path):
+    """--reward tv: the strength starts at 1, follows TV-OPD eq. 11 from the logged TV estimates (recomputed here
+    from the rows), and a run resumed from step 2 ends with the same weights, strengths and losses."""
+    from poweropd.objectives.rewards import tv_strength
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ("--reward", "tv", "--tv-alpha", "4", "--tv-beta", "0.5", "--save-every", "2")
+    assert main(_train_args(tiny_pair, straight, "--max-steps", "6", *common)) == 0
+    assert main(_train_args(tiny_pair, resumed, "--max-steps", "2", *common)) == 0
+    assert main(_train_args(tiny_pair, resumed, "--max-steps", "6", "--resume", *common)) == 0
+    rows = metric_rows(straight)
+    state = {"scale": 1.0, "ema": None, "ref": None}
+    for row in rows:  # the strength a step used comes from the estimates of the steps before it
+        assert row["reward/strength"] == pytest.approx(state["scale"], rel=1e-12)
+        assert 0 <= row["reward/strength_statistic"] <= 1
+        state = tv_strength(state, row["reward/strength_statistic"], alpha=4.0, beta=0.5, min_scale=0.1)
+    assert rows[0]["reward/strength"] == 1.0
+    assert all(abs(r["reward/max"]) <= r["reward/strength"] + 1e-7 for r in rows)  # c · sign(·)
+    a, b = (load_file(d / "final" / "model.safetensors") for d in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [(r["loss"], r["reward/strength"]) for r in rows] == [
+        (r["loss"], r["reward/strength"]) for r in metric_rows(resumed)
+    ]
+    saved = json.loads((resumed / "checkpoints" / "step-2" / "state.json").read_text())["reward_strength"]
+    expected = {"scale": 1.0, "ema": None, "ref": None}
+    for row in rows[:2]:
+        expected = tv_strength(expected, row["reward/strength_statistic"], alpha=4.0, beta=0.5, min_scale=0.1)
+    assert saved == expected and saved["ref"] == rows[0]["reward/strength_statistic"]
+
+
+def test_the_strength_moves_with_the_pooled_estimate_of_an_accepted_step():
+    """update.advance_strength pools Σ d / Σ valid tokens (not a mean of rows) and applies eq. 11."""
+    from poweropd.config import RewardConfig
+    from poweropd.run.metrics import UpdateResult
+    from poweropd.training.update import advance_strength
+
+    cfg = RewardConfig(name="tv", extra={"tv_alpha": 1.0, "tv_beta": 0.5})
+    mask_BT = torch.tensor([[True, True, True], [True, False, False]])
+    student_BT = torch.log(torch.full((2, 3), 0.5))
+    ratio_BT = torch.log(torch.tensor([[0.5, 1.0, 2.0], [0.25, 1.0, 1.0]])) * mask_BT  # d = 1/2, 0, 0 | 3/4
+    result = UpdateResult(0.0, ratio_BT, ratio_BT, student_BT, mask_BT, mask_BT)
+    state, statistic = advance_strength(cfg, {"scale": 1.0, "ema": 0.8, "ref": 0.8}, result, SingleProcess())
+    assert statistic == pytest.approx((0.5 + 0.75) / 4)  # pooled over the 4 valid tokens
+    assert state["ema"] == pytest.approx(0.5 * 0.8 + 0.5 * statistic)
+    assert state["scale"] == pytest.approx((state["ema"] + 1e-8) / (0.8 + 1e-8))
+
+
+@pytest.mark.slow
+def test_the_kl_baseline_and_a_teacher_temperature_train_and_are_logged(tiny_pair, tmp_path):
+    """--reward log_ratio --reward-baseline kl trains (the teacher's hidden states kept, its log ratio logged);
+    --teacher-temperature 2 is logged as teacher/temperature and changes the signal; the default logs the rollout
+    temperature."""
+    runs = {"plain": (), "vopd": ("--reward-baseline", "kl"), "hot": ("--teacher-temperature", "2")}
+    for name, extra in runs.items():
+        assert main(_train_args(tiny_pair, tmp_path / name, "--max-steps", "2", "--reward", "log_ratio", *extra)) == 0
+    plain, vopd, hot = (metric_rows(tmp_path / n) for n in runs)
+    assert [r["teacher/temperature"] for r in plain + vopd] == [1.0] * 4
+    assert [r["teacher/temperature"] for r in hot] == [2.0] * 2
+    # step 1 samples the same rollouts in all three runs; vOPD's reward is its log ratio + KL ≥ 0 at every token;
+    # the teacher at its own temperature gives another log ratio
+    assert vopd[0]["response_length/mean"] == plain[0]["response_length/mean"] == hot[0]["response_length/mean"]
+    assert vopd[0]["reward/mean"] > vopd[0]["log_ratio/mean"] and plain[0]["reward/mean"] == plain[0]["log_ratio/mean"]
+    assert hot[0]["log_ratio/mean"] != pytest.approx(plain[0]["log_ratio/mean"], abs=1e-3)

@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # the training fields these flags stand for, with the short defaults of a diagnosis
     add_field(parser, RolloutConfig, "max_new_tokens", default=128, shown=128, type=_positive_int)
     add_field(parser, RolloutConfig, "temperature", default=1.0, type=_temperature)
+    add_field(parser, ModelConfig, "teacher_temperature", default=1.0, shown=1.0, type=_temperature)
     parser.add_argument(
         "--alphas", type=_alphas, default=[0.1, 1.0, 10.0, 100.0], help="power-reward α values (0.1,1,10,100)"
     )
@@ -108,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         engine=args.rollout_engine,
         vllm=vllm,
+        teacher_temperature=args.teacher_temperature,
     )
     summary = build_summary(scored, student_tok, args, num_prompts=len(problems))
 
@@ -128,7 +130,8 @@ def build_summary(scored, tokenizer, args: argparse.Namespace, *, num_prompts: i
     from .. import diagnostics as D
 
     mask_BT = scored.mask_BT
-    rewards_BT = D.reward_values(scored.teacher_logp_BT, scored.student_logp_BT, mask_BT, args.alphas)
+    rewards_BT = D.reward_values(scored.teacher_logp_BT, scored.student_logp_BT, mask_BT, args.alphas,
+                                 kl_BT=scored.kl_BT)  # fmt: skip
     log_ratio_BT = rewards_BT["log_ratio"]
     lengths_B = scored.response_lengths_B.double()
     most_negative = D.most_negative(log_ratio_BT, mask_BT, k=10)
@@ -165,7 +168,7 @@ def build_summary(scored, tokenizer, args: argparse.Namespace, *, num_prompts: i
         "early_positions": D.early_share(log_ratio_BT, mask_BT),
         "positions": {name: D.position_stats(r_BT, mask_BT) for name, r_BT in rewards_BT.items()},
         "histograms": {
-            name: D.histogram(r_BT[mask_BT], value_range=None if name == "log_ratio" else (-1.0, 1.0))
+            name: D.histogram(r_BT[mask_BT], value_range=None if name.startswith("log_ratio") else (-1.0, 1.0))
             for name, r_BT in rewards_BT.items()
             if name == "log_ratio" or name.startswith("power@")
         },

@@ -201,7 +201,7 @@ def add_reward_hparams(
 
     by_field: dict[str, list] = {}
     for record in REWARDS.values():
-        for hp in record.hparams.values():
+        for hp in record.settings.values():
             by_field.setdefault(hp.field, []).append((record.name, hp))
     dests = {}
     for name, uses in by_field.items():

@@ -23,11 +23,15 @@ def methods() -> tuple[str, ...]:
 
 
 TOKEN_SELECTORS = ("entropy",)
+BASELINES = ("kl",)
+"""Values of ``--reward-baseline``."""
+BASELINE_REWARDS = ("log_ratio",)
+"""The rewards a baseline applies to (vOPD's control variate keeps the expectation of the log ratio only)."""
 
 
 def _default(field_name: str) -> float:
     """A reward hyperparameter's default, from its record (rewards.HParam)."""
-    return next(hp.default for r in REWARDS.values() for hp in r.hparams.values() if hp.field == field_name)
+    return next(hp.default for r in REWARDS.values() for hp in r.settings.values() if hp.field == field_name)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,12 @@ class RewardConfig:
     """Upper bound of the clip reward."""
     tanh_tau: float = arg(_default("tanh_tau"), special=True)
     """Temperature of the tanh reward."""
+    baseline: str | None = arg(None, flag="--reward-baseline", choices=("kl",))
+    """A control-variate baseline added to the reward: ``kl`` adds the detached exact reverse KL(π_S‖π_T) at each
+    position (vOPD, "KL for a KL", arXiv 2605.07865): E_{o~π_S}[log π_T(o) − log π_S(o)] = −KL, so the log-ratio
+    reward keeps its expectation and loses variance. Only for log_ratio: a bounded reward is not linear in the
+    log ratio, and the baseline would change what it trains toward. Needs one in-process teacher (its whole
+    distribution, as full_kl)."""
     token_select: str | None = arg(None, metavar="entropy:K")
     """Train on a fraction of the tokens only: ``entropy:K`` keeps the fraction K of each micro-batch's valid
     tokens with the highest student entropy (TIP: token importance in OPD); None keeps every token."""
@@ -58,7 +68,7 @@ class RewardConfig:
         record, own = self.record, {f.name for f in fields(self)}
         params = {}  # each hyperparameter checked by the chosen reward's record, else by the first that has it
         for r in (record, *REWARDS.values()) if record else REWARDS.values():
-            for hp in r.hparams.values():
+            for hp in r.settings.values():
                 params.setdefault(hp.field, hp)
         require(set(self.extra) <= params.keys() - own, "reward.extra",
                 f"hyperparameters of a registered reward ({', '.join(sorted(params.keys() - own))})", self.extra)  # fmt: skip
@@ -75,6 +85,11 @@ class RewardConfig:
                 names = [hp.field for hp in r.hparams.values()]
                 values = {kw: self._value(hp) for kw, hp in r.hparams.items()}
                 require(r.rule[1](values), self._where(*names), r.rule[0], tuple(values.values()))
+        if self.baseline is not None:
+            check_choice(self, "baseline")
+            require(self.name in BASELINE_REWARDS, where(self, "baseline"),
+                    f"--reward {' or '.join(BASELINE_REWARDS)} (the baseline keeps the expectation of the log-ratio "
+                    "reward only)", f"{self.baseline} with --reward {self.name}")  # fmt: skip
         if self.token_select is not None:
             kind, _, fraction = self.token_select.partition(":")
             ok = kind in TOKEN_SELECTORS and _is_fraction(fraction) and self.name in REWARDS
@@ -112,6 +127,12 @@ class RewardConfig:
         return self.hparams_at(0.0)
 
     @property
+    def strength_hparams(self) -> dict[str, float]:
+        """Keyword arguments of the reward's strength update (rewards.Strength; TV-OPD), {} without one."""
+        strength = self.record.strength if self.record is not None else None
+        return {kw: self._value(hp) for kw, hp in strength.hparams.items()} if strength else {}
+
+    @property
     def select_fraction(self) -> float | None:
         return float(self.token_select.partition(":")[2]) if self.token_select else None
 
@@ -123,21 +144,28 @@ class RewardConfig:
         label = self.record.label(self.hparams)
         if self.alpha_end is not None:
             label += f":{self.alpha_end:g}"
+        label += f"+{self.baseline}" if self.baseline else ""
         return label + (f"+{self.token_select}" if self.token_select else "")
 
     @classmethod
     def from_label(cls, label: str) -> RewardConfig:
-        """The inverse of ``label``: "power@1:10+entropy:0.5" -> RewardConfig(power, alpha=1, alpha_end=10, ...)."""
-        body, _, select = label.partition("+")
+        """The inverse of ``label``: "power@1:10+entropy:0.5" -> RewardConfig(power, alpha=1, alpha_end=10, ...);
+        "log_ratio+kl": the log ratio with vOPD's baseline."""
+        body, *options = label.split("+")
         name, _, alphas = body.partition("@")
-        fields_ = {"name": name, "token_select": select or None}
+        baseline = [o for o in options if o in BASELINES]
+        select = [o for o in options if o not in BASELINES]
+        if len(baseline) > 1 or len(select) > 1:
+            raise UserError(f"method {label}: expected name@alpha[:alpha_end][+kl][+entropy:K]")
+        fields_ = {"name": name, "baseline": baseline[0] if baseline else None,
+                   "token_select": select[0] if select else None}  # fmt: skip
         if alphas:
             first, _, last = alphas.partition(":")
             try:
                 fields_["alpha"] = float(first)
                 fields_["alpha_end"] = float(last) if last else None
             except ValueError:
-                raise UserError(f"method {label}: expected name@alpha[:alpha_end][+entropy:K]") from None
+                raise UserError(f"method {label}: expected name@alpha[:alpha_end][+kl][+entropy:K]") from None
         return cls(**fields_)
 
 

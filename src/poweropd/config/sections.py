@@ -49,6 +49,9 @@ class ModelConfig:
     """Served teachers: seconds one request may take before it counts as failed."""
     teacher_retries: int = arg(4, resumable=True)
     """Served teachers: tries after the first (backoff 1, 2, 4, … s) before the run stops."""
+    teacher_temperature: float | None = arg(None, metavar="T")
+    """Temperature of the teacher's log-probs, independent of the rollout temperature (as O³PD, arXiv
+    2611.02112, and prime-rl's teacher_tau); default: the rollout temperature. Logged as teacher/temperature."""
     dtype: str = arg("float32", choices=DTYPES)
     """Compute dtype. With bfloat16 the teacher is held in bf16 and the student keeps float32 master weights
     under bf16 autocast (a 5e-7 update is below bf16's resolution for most weights)."""
@@ -104,6 +107,8 @@ class ModelConfig:
         names = [t.split("=", 1)[0] for t in self.teachers]
         require(len(set(names)) == len(names), where(self, "teachers"), "distinct names", names)
         _ = self.server_options  # ServerOptions checks its own fields
+        require(self.teacher_temperature is None or self.teacher_temperature > 0, where(self, "teacher_temperature"),
+                "a number > 0", self.teacher_temperature)  # fmt: skip
         check_choice(self, "dtype")
         check_choice(self, "device")
         require(self.lora_rank >= 0, where(self, "lora_rank"), "an integer ≥ 0", self.lora_rank)

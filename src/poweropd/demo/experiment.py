@@ -41,15 +41,31 @@ FULL_METHODS = (*BASELINES, *(f"power@{a:g}" for a in PAPER_ALPHAS), "full_kl")
 TASK = "arithmetic"
 
 
+TEACHER_TEMPERATURE = "+teacher-temperature:"
+"""A method id's suffix that sets --teacher-temperature for its runs: power@10+teacher-temperature:2."""
+
+
 def method_config(method: str) -> RewardConfig:
     """The reward section of a method id; a bad id is a one-line error naming it."""
     try:
-        return RewardConfig.from_label(method)
+        method_teacher_temperature(method)
+        return RewardConfig.from_label(method.partition(TEACHER_TEMPERATURE)[0])
     except UserError as err:
         raise UserError(
-            f"--methods {method}: expected a method id such as log_ratio, power@10, proximal@0.5, power@1:10 or "
-            f"power@10+entropy:0.5 ({err})"
+            f"--methods {method}: expected a method id such as log_ratio, power@10, proximal@0.5, power@1:10, "
+            f"power@10+entropy:0.5, log_ratio+kl or power@10+teacher-temperature:2 ({err})"
         ) from None
+
+
+def method_teacher_temperature(method: str) -> float | None:
+    """The teacher temperature a method id sets (``+teacher-temperature:T``), None: the rollout's."""
+    _, found, value = method.partition(TEACHER_TEMPERATURE)
+    if not found:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise UserError(f"{TEACHER_TEMPERATURE[1:]}{value}: expected a number > 0") from None
 
 
 @dataclass(frozen=True)
@@ -214,8 +230,9 @@ def _validation_harness(cfg: DemoConfig) -> EvalConfig:
 def _train_config(cfg: DemoConfig, task, method: str, seed: int, out: Path) -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(
-            student=str(task.student_dir), teacher=str(task.teacher_dir), device="cpu"
-        ),  # the pinned CPU float path
+            student=str(task.student_dir), teacher=str(task.teacher_dir), device="cpu",
+            teacher_temperature=method_teacher_temperature(method),
+        ),  # the pinned CPU float path; fmt: skip
         rollout=RolloutConfig(max_new_tokens=cfg.max_new_tokens, engine=cfg.rollout_engine),
         reward=method_config(method),
         optim=OptimConfig(lr=cfg.lr),
@@ -352,6 +369,8 @@ def _summarise(method: str, rows: list[dict]) -> dict:
         "alpha": reward.alpha if reward.record is not None and "alpha" in reward.record.hparams else None,
         "alpha_end": reward.alpha_end,
         "token_select": reward.token_select,
+        "baseline": reward.baseline,
+        "teacher_temperature": method_teacher_temperature(method),
         "seeds": len(rows),
     }
     for key in ("avg@n", "pass@n", "mean_length", "truncated_frac", "grad_norm_max", "reward_min",

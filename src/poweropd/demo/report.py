@@ -56,9 +56,10 @@ def _accuracy_difference(results: dict, m: str, other: dict) -> tuple[float, flo
 
 
 def _fixed_powers(methods: dict) -> list[str]:
-    """Power rewards with one fixed α over every token (no schedule, no token selection): the paper's."""
+    """Power rewards with one fixed α over every token (no schedule, no token selection, the teacher at the
+    rollout temperature): the paper's."""
     return [m for m, row in methods.items() if row["reward"] == "power" and not row.get("alpha_end")
-            and not row.get("token_select")]  # fmt: skip
+            and not row.get("token_select") and row.get("teacher_temperature") is None]  # fmt: skip
 
 
 def best_power(methods: dict) -> str | None:

@@ -205,6 +205,42 @@ def _rowwise_dot(a_nV: Tensor, b_nV: Tensor) -> Tensor:
         return torch.bmm(a_nV[:, None, :], b_nV[:, :, None]).view(-1)
 
 
+@torch.no_grad()
+def reverse_kl_values(
+    student_output_layer: torch.nn.Linear,
+    teacher_output_layer: torch.nn.Linear,
+    student_hidden_BTH: Tensor,
+    teacher_hidden_BTH: Tensor,
+    tokens_BT: Tensor,
+    *,
+    vocab_size: int,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(kl_BT, student_logp_BT, teacher_logp_BT) as ``losses.chunked_reverse_kl`` gives them, without a gradient,
+    for bias-free linear output layers: per chunk two float32 logits buffers (over the first ``vocab_size``
+    rows), turned in place into π_S and log π_S − log π_T, and one logsumexp temporary (vOPD's baseline)."""
+    B, T, _ = student_hidden_BTH.shape
+    s_hidden_NH, t_hidden_NH = student_hidden_BTH.reshape(B * T, -1), teacher_hidden_BTH.reshape(B * T, -1)
+    tokens_N1 = tokens_BT.reshape(B * T, 1).to(student_hidden_BTH.device)
+    s_weight_VH = student_output_layer.weight[:vocab_size]
+    t_weight_VH = teacher_output_layer.weight[:vocab_size]
+    dtype = compute_dtype_for(student_hidden_BTH)
+    kls, logps, teacher_logps = [], [], []
+    for start in range(0, B * T, chunk_size):
+        n = slice(start, start + chunk_size)
+        s_nV = chunk_logits(s_hidden_NH[n].to(dtype), s_weight_VH.to(dtype), temperature)
+        t_nV = chunk_logits(t_hidden_NH[n], t_weight_VH, temperature).to(s_nV.device)
+        tok_n1 = tokens_N1[n]
+        s_lse_n1, t_lse_n1 = torch.logsumexp(s_nV, -1, keepdim=True), torch.logsumexp(t_nV, -1, keepdim=True)
+        logps.append((s_nV.gather(-1, tok_n1) - s_lse_n1).squeeze(-1))
+        teacher_logps.append((t_nV.gather(-1, tok_n1) - t_lse_n1).squeeze(-1))
+        diff_nV = t_nV.sub_(s_nV).neg_().add_(t_lse_n1 - s_lse_n1)  # log π_S − log π_T, in the teacher's buffer
+        probs_nV = s_nV.sub_(s_lse_n1).exp_()  # π_S, in the student's
+        kls.append(_rowwise_dot(probs_nV, diff_nV))
+    return tuple(torch.cat(parts).view(B, T) for parts in (kls, logps, teacher_logps))
+
+
 class _FusedLinearReverseKL(torch.autograd.Function):
     """Σ_t w_t KL_t(π_S ‖ π_T) with both bias-free output layers inside, the gradient built in the forward pass.
 

@@ -13,7 +13,7 @@ gradient of one big batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .fused import fused_policy_gradient_loss, fused_reverse_kl_loss, top_fraction
+from .fused import fused_policy_gradient_loss, fused_reverse_kl_loss, reverse_kl_values, top_fraction
 from .logprobs import DEFAULT_CHUNK_SIZE, OutputLayer, chunked_token_logprobs, is_plain_linear
 from .rewards import REWARDS
 
@@ -138,13 +138,26 @@ class TeacherScores:
     """Final hidden states, kept for full-vocabulary objectives (``keep_hidden``)."""
     head: OutputLayer | None = None
     """The teacher's output layer, with ``hidden_BTH``: the objective computes log π_T over the vocabulary."""
+    temperature: float | None = None
+    """The temperature of the teacher's distribution (``--teacher-temperature``) when it differs from the
+    rollout's; None: the rollout's. ``logp_BT`` is at it already; with ``hidden_BTH`` the objective applies it."""
 
     def select(self, rows: slice) -> TeacherScores:
         """The scores of some rows (a micro-batch), on the same devices."""
         logp, hidden = self.logp_BT, self.hidden_BTH
         return TeacherScores(
-            None if logp is None else logp[rows], None if hidden is None else hidden[rows], self.head
+            None if logp is None else logp[rows], None if hidden is None else hidden[rows], self.head, self.temperature
         )
+
+    def hidden_at(self, temperature: float) -> Tensor:
+        """The hidden states to put through ``head`` at the rollout ``temperature`` so that the logits come out at
+        the teacher's: the output layer is linear without bias (every HF causal LM; checked), so
+        h·Wᵀ / T_teacher = (h · T_rollout / T_teacher)·Wᵀ / T_rollout, exactly, at no cost in the fused ops."""
+        if self.temperature is None or self.temperature == temperature:
+            return self.hidden_BTH
+        if not is_plain_linear(self.head):
+            raise ValueError("a teacher temperature of its own needs a bias-free linear output layer")
+        return self.hidden_BTH * (temperature / self.temperature)
 
 
 @dataclass
@@ -193,7 +206,12 @@ class SampledTokenObjective:
     per_token: bool = True
     select_fraction: float | None = None
     """Train on the top fraction of each micro-batch's valid tokens by student entropy (None: all)."""
-    needs_teacher_hidden: bool = False
+    baseline: str | None = None
+    """``kl``: vOPD's control variate, r_t + KL_t(π_S‖π_T) (detached; ``vopd_rewards``)."""
+
+    @property
+    def needs_teacher_hidden(self) -> bool:
+        return self.baseline is not None  # the KL needs the teacher's whole distribution
 
     @property
     def needs_batch_statistics(self) -> bool:
@@ -205,6 +223,8 @@ class SampledTokenObjective:
         return replace(self, reward_fn=reward_fn)
 
     def micro_batch_loss(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        if self.baseline == "kl":
+            return self._with_kl_baseline(mb)
         teacher_logp_BT = mb.teacher.logp_BT
         if teacher_logp_BT is None:
             raise ValueError(
@@ -233,6 +253,47 @@ class SampledTokenObjective:
         return loss, {**metrics, "teacher_logp": teacher_logp_BT, **terms}
 
 
+    def _with_kl_baseline(self, mb: MicroBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """vOPD: the reward plus the exact per-position KL(π_S‖π_T), all detached, computed by a no-grad pass of
+        both output layers over the tokenizer's range; the surrogate then runs through the fused op with the
+        reward given (its chunks straddle rows, so the reward is handed in as the op's per-token input)."""
+        teacher = mb.teacher
+        if teacher.hidden_BTH is None or teacher.head is None:
+            raise ValueError(f"{self.name}+{self.baseline}: needs the teacher's hidden states and output layer")
+        with torch.no_grad():
+            whole_kl = reverse_kl_values if is_plain_linear(mb.head) and is_plain_linear(teacher.head) else chunked_reverse_kl
+            kl_BT, student_logp_BT, teacher_logp_BT = whole_kl(
+                mb.head, teacher.head, mb.hidden_BTH.detach(), teacher.hidden_at(mb.temperature), mb.tokens_BT,
+                vocab_size=mb.vocab_size, temperature=mb.temperature, chunk_size=mb.chunk_size,
+            )  # fmt: skip
+            reward_BT = vopd_rewards(self.reward_fn, teacher_logp_BT, student_logp_BT, kl_BT, mb.mask_BT)
+        if is_plain_linear(mb.head):
+            loss, metrics = fused_policy_gradient_loss(
+                mb.head, mb.hidden_BTH, mb.tokens_BT, reward_BT, mb.mask_BT, _given_reward, num_tokens=mb.num_tokens,
+                temperature=mb.temperature, chunk_size=mb.chunk_size, select_fraction=self.select_fraction,
+            )  # fmt: skip
+        else:
+            logp_BT, _ = chunked_token_logprobs(mb.head, mb.hidden_BTH, mb.tokens_BT, temperature=mb.temperature,
+                                                chunk_size=mb.chunk_size)  # fmt: skip
+            loss, _ = policy_gradient_loss(logp_BT, reward_BT, mb.mask_BT, num_tokens=mb.num_tokens)
+            metrics = {"student_logp": logp_BT.detach(), "reward": reward_BT, "selected": mb.mask_BT.bool()}
+        # the logged log ratio is the reward's own (both over the tokenizer's range, as full_kl's)
+        return loss, {**metrics, "student_logp": student_logp_BT, "teacher_logp": teacher_logp_BT,
+                      "loss/pg": loss.detach()}  # fmt: skip
+
+
+def vopd_rewards(reward_fn, teacher_logp_BT: Tensor, student_logp_BT: Tensor, kl_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """r_t + KL_t(π_S‖π_T): vOPD's control variate ("KL for a KL", arXiv 2605.07865): the value of a position is
+    E_{o~π_S}[log π_T(o) − log π_S(o)] = −KL_t, so adding KL_t leaves the log-ratio reward's expectation unchanged
+    and lowers its variance (tests/objectives/test_rewards.py samples it)."""
+    return torch.where(mask_BT.bool(), reward_fn(teacher_logp_BT, student_logp_BT, mask_BT) + kl_BT.float(), 0.0)
+
+
+def _given_reward(reward_BT: Tensor, student_logp_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """The fused op's reward when it is computed beforehand: handed in where the op takes log π_T."""
+    return torch.where(mask_BT.bool(), reward_BT.float(), 0.0)
+
+
 @dataclass(frozen=True)
 class FullKLObjective:
     """L = Σ_t KL_t(π_S ‖ π_T) / N, the exact reverse KL at every rollout position (no sampling noise)."""
@@ -247,7 +308,7 @@ class FullKLObjective:
             raise ValueError(
                 f"{self.name}: needs the teacher's hidden states and output layer (keep_hidden=True)"
             )
-        args = (mb.head, teacher.head, mb.hidden_BTH, teacher.hidden_BTH, mb.tokens_BT)
+        args = (mb.head, teacher.head, mb.hidden_BTH, teacher.hidden_at(mb.temperature), mb.tokens_BT)
         kwargs = {"vocab_size": mb.vocab_size, "temperature": mb.temperature, "chunk_size": mb.chunk_size}
         if is_plain_linear(mb.head) and is_plain_linear(teacher.head):
             # fast path: both output layers and the KL's gradient in one op
@@ -269,17 +330,22 @@ OBJECTIVES: dict[str, Callable[[str], Objective]] = {
 method is a reward of ``rewards.REWARDS`` trained through ``SampledTokenObjective``."""
 
 
-def make_objective(reward_cfg, progress: float = 0.0) -> Objective:
+def make_objective(reward_cfg, progress: float = 0.0, strength: Mapping[str, float | None] | None = None) -> Objective:
     """The objective of a ``config.RewardConfig``, its hyperparameters bound at ``progress`` ∈ [0, 1] of the
-    run (a scheduled α moves with it)."""
+    run (a scheduled α moves with it) and, for a reward with a run-level strength (TV-OPD), at ``strength``
+    (default: its initial state)."""
     if reward_cfg.name in OBJECTIVES:
         return OBJECTIVES[reward_cfg.name](reward_cfg.name)
     record = REWARDS[reward_cfg.name]
+    hparams = reward_cfg.hparams_at(progress)
+    if record.strength is not None:
+        hparams["scale"] = (strength or record.strength.initial)["scale"]
     return SampledTokenObjective(
         reward_cfg.name,
-        record.bind(**reward_cfg.hparams_at(progress)),
+        record.bind(**hparams),
         per_token=record.per_token,
         select_fraction=reward_cfg.select_fraction,
+        baseline=reward_cfg.baseline,
     )
 
 
@@ -297,4 +363,5 @@ __all__ = [
     "make_objective",
     "policy_gradient_loss",
     "reverse_kl_per_token",
+    "vopd_rewards",
 ]

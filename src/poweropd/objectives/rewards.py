@@ -104,6 +104,40 @@ def proximal(teacher_logp_BT: Tensor, student_logp_BT: Tensor, mask_BT: Tensor, 
     return _masked(torch.where(ratio_BT > 0, above_BT, below_BT).float(), mask_BT)
 
 
+def tv(teacher_logp_BT: Tensor, student_logp_BT: Tensor, mask_BT: Tensor, *, scale: float = 1.0) -> Tensor:
+    """TV-OPD: r_t = c · sign(log π_T − log π_S) (TV-regulated OPD, arXiv 2609.08341, eq. 11; sign(0) = 0).
+
+    The sign alone is a descent direction of the conditional total variation ½ Σ_a |π_T(a) − π_S(a)| (its eq. 8);
+    ``scale`` = c ∈ [c_min, 1] is one global strength per step, set by ``tv_strength`` from past steps.
+    """
+    return _masked(torch.sign(_log_ratio_fp32(teacher_logp_BT, student_logp_BT)) * scale, mask_BT)
+
+
+def tv_estimate(teacher_logp_BT: Tensor, student_logp_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """Per-token unbiased estimate of the conditional TV at each position: d = [1 − π_T/π_S]_+ = −expm1(min(Δ, 0)),
+    Δ = log π_T − log π_S of the sampled token (TV-OPD eq. 10), in [0, 1]; 0 where the mask is False."""
+    ratio_BT = _log_ratio_fp32(teacher_logp_BT, student_logp_BT)
+    return _masked(-torch.expm1(ratio_BT.clamp(max=0.0)), mask_BT)
+
+
+def tv_strength(
+    state: Mapping[str, float | None], estimate: float, *, alpha: float, beta: float, min_scale: float,
+    eps: float = 1e-8,
+) -> dict[str, float]:  # fmt: skip
+    """The next step's strength c from this step's pooled TV estimate D̂ (TV-OPD eq. 11, appendix B.6).
+
+    The first accepted step sets the EMA and freezes the reference: D̄ = D_ref = D̂; after it
+    D̄ ← β·D̄ + (1 − β)·D̂. Then c = clip(((D̄ + ε) / (D_ref + ε))^α, c_min, 1): the strength falls as the
+    student's TV from the teacher falls below where it started. ``state``: {"scale", "ema", "ref"}.
+    """
+    if state.get("ref") is None:
+        ema = ref = estimate
+    else:
+        ema, ref = beta * state["ema"] + (1 - beta) * estimate, state["ref"]
+    scale = min(max(((ema + eps) / (ref + eps)) ** alpha, min_scale), 1.0)
+    return {"scale": scale, "ema": ema, "ref": ref}
+
+
 @dataclass(frozen=True)
 class HParam:
     """A reward's keyword hyperparameter: where a run stores it, its default and the range it accepts."""
@@ -133,6 +167,23 @@ class HParam:
 
 
 @dataclass(frozen=True)
+class Strength:
+    """A global strength that a reward carries across steps as run-level state (TV-OPD's c): the reward function
+    is bound with ``scale`` = the state's current value; after every accepted optimizer step, ``update`` moves
+    the state with the step's ``statistic`` pooled over every valid token of every process (Σ / count). The
+    state is saved in each checkpoint and restored on --resume."""
+
+    statistic: Callable[[Tensor, Tensor, Tensor], Tensor]
+    """Per-token values ``(teacher_logp_BT, student_logp_BT, mask_BT) -> (B, T)``, 0 where the mask is False."""
+    update: Callable[..., dict[str, float]]
+    """``(state, pooled statistic, **hparams) -> next state``."""
+    hparams: Mapping[str, HParam] = field(default_factory=dict)
+    """Keyword -> ``HParam`` of ``update`` (stored and flagged like the reward's own)."""
+    initial: Mapping[str, float | None] = field(default_factory=lambda: {"scale": 1.0})
+    """The state before the first step (its "scale" binds the reward)."""
+
+
+@dataclass(frozen=True)
 class Reward:
     """One training reward and everything about it that other modules need."""
 
@@ -150,6 +201,16 @@ class Reward:
     """A condition on several hyperparameters at once and how messages state it: ("low < high", ...)."""
     bounds: Callable[[dict], tuple[float, float]] | None = None
     """(min, max) that the reward can reach for given hyperparameters, where it claims one (property-tested)."""
+    sign_consistent: bool = False
+    """sign(r_t) = sign(log π_T − log π_S) wherever the log ratio is not 0, at the default hyperparameters
+    (property-tested): the update raises a token the teacher prefers and lowers one it does not."""
+    strength: Strength | None = None
+    """A run-level strength the reward carries across steps (TV-OPD), or None."""
+
+    @property
+    def settings(self) -> dict[str, HParam]:
+        """Every hyperparameter a run stores for this reward: the function's and its strength's."""
+        return {**self.hparams, **(self.strength.hparams if self.strength else {})}
 
     def label(self, hparams: Mapping[str, float] | None = None) -> str:
         """Method id in reports: ``power@10``, ``proximal@0.5``, ``clip``."""
@@ -180,17 +241,30 @@ _ALPHA = "α of the power reward π_T^α − π_S^α (the paper sweeps 0.1 … 5
 _ANY_ALPHA = HParam("alpha", 1.0, _ALPHA, low=0.0)
 
 REWARDS: dict[str, Reward] = {
-    "log_ratio": Reward("log_ratio", log_ratio, "vanilla OPD, PowerOPD paper eq. 2"),
+    "log_ratio": Reward("log_ratio", log_ratio, "vanilla OPD, PowerOPD paper eq. 2", sign_consistent=True),
     "clip": Reward("clip", clip, "post-hoc clipping, a baseline of the PowerOPD paper",
                    {"low": HParam("clip_low", -1.0, "Lower bound of the clip reward."),
                     "high": HParam("clip_high", 1.0, "Upper bound of the clip reward.")},
-                   rule=("low < high", lambda h: h["low"] < h["high"]), bounds=lambda h: (h["low"], h["high"])),
+                   rule=("low < high", lambda h: h["low"] < h["high"]), bounds=lambda h: (h["low"], h["high"]),
+                   sign_consistent=True),  # for low < 0 < high
     "tanh": Reward("tanh", tanh, "post-hoc squashing, a baseline of the PowerOPD paper",
                    {"tau": HParam("tanh_tau", 1.0, "Temperature of the tanh reward: tanh(log_ratio / tau).", low=0.0)},
-                   bounds=lambda h: (-1.0, 1.0)),
+                   bounds=lambda h: (-1.0, 1.0), sign_consistent=True),
     "zscore": Reward("zscore", zscore, "post-hoc batch z-score, a baseline of the PowerOPD paper", per_token=False),
-    "power": Reward("power", power, "PowerOPD paper eq. 4", {"alpha": _ANY_ALPHA}, bounds=lambda h: (-1.0, 1.0)),
+    "power": Reward("power", power, "PowerOPD paper eq. 4", {"alpha": _ANY_ALPHA}, bounds=lambda h: (-1.0, 1.0),
+                    sign_consistent=True),
     "proximal": Reward("proximal", proximal, "proximal-teacher OPD, as in NeMo-RL's TROPD and the TOP-D paper (issue #11)",
                        {"alpha": HParam("alpha", 1.0, _ALPHA, low=0.0, high=1.0, closed=(False, True))},
-                       bounds=lambda h: (math.log1p(-h["alpha"]) if h["alpha"] < 1 else -math.inf, math.inf)),
+                       bounds=lambda h: (math.log1p(-h["alpha"]) if h["alpha"] < 1 else -math.inf, math.inf),
+                       sign_consistent=True),
+    "tv": Reward("tv", tv, "TV-regulated OPD (TV-OPD), arXiv 2609.08341 eq. 11: c · sign(log ratio), c a run-level strength",
+                 bounds=lambda h: (-1.0, 1.0), sign_consistent=True,
+                 strength=Strength(tv_estimate, tv_strength, {
+                     "alpha": HParam("tv_alpha", 0.5, "TV-OPD: how fast the strength falls with the TV estimate (its α; "
+                                     "the paper: 0.5).", low=0.0),
+                     "beta": HParam("tv_beta", 0.95, "TV-OPD: EMA retention of the TV estimate.", low=0.0, high=1.0,
+                                    closed=(True, False)),
+                     "min_scale": HParam("tv_min_scale", 0.1, "TV-OPD: the strength's floor c_min (the paper: 0.1).",
+                                         low=0.0, high=1.0, closed=(False, True)),
+                 }, initial={"scale": 1.0, "ema": None, "ref": None})),
 }  # fmt: skip

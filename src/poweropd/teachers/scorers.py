@@ -48,7 +48,7 @@ class HFScorer:
         )
         if not keep_hidden:
             return TeacherScores(logp_BT=logp_BT)
-        return TeacherScores(logp_BT=logp_BT, hidden_BTH=hidden_BTH, head=output_layer(model))
+        return TeacherScores(logp_BT, hidden_BTH, output_layer(model), temperature=self.temperature)
 
 
 class RoutedScorer:
@@ -89,10 +89,11 @@ class Teacher:
 
 
 def load_teachers(cfg, student_tokenizer, *, longest: int, device, temperature: float, chunk_size: int,
-                  needs_hidden: bool) -> dict[str, Teacher]:  # fmt: skip
+                  needs_hidden: str | None, temperature_flag: str = "--temperature") -> dict[str, Teacher]:  # fmt: skip
     """Every configured teacher, checked against the student (tokenizer; a server's context and temperature);
-    ``needs_hidden``: the objective needs a teacher's whole distribution (full_kl), which only one in-process
-    teacher gives."""
+    ``temperature`` is the teacher's (set by ``temperature_flag``); ``needs_hidden``: the flag of an objective
+    that needs a teacher's whole distribution (``--reward full_kl``, ``--reward-baseline kl``), which only one
+    in-process teacher gives."""
     from ..errors import UserError
     from ..models.hf import check_pair, load_causal_lm, load_tokenizer
     from .served import ServedScorer, is_url
@@ -103,7 +104,7 @@ def load_teachers(cfg, student_tokenizer, *, longest: int, device, temperature: 
         what = f"--teacher {name}=" if name else "--teacher"
         if is_url(spec):
             scorer = ServedScorer(spec, options=cfg.server_options, what=what.rstrip("="))
-            scorer.check(student_tokenizer, longest=longest, temperature=temperature)
+            scorer.check(student_tokenizer, longest=longest, temperature=temperature, flag=temperature_flag)
             teachers[name] = Teacher(name, spec, scorer, identity=f"served:{scorer.model}")
             continue
         tokenizer = load_tokenizer(spec, what=what, **remote)
@@ -112,7 +113,9 @@ def load_teachers(cfg, student_tokenizer, *, longest: int, device, temperature: 
         teachers[name] = Teacher(name, spec, HFScorer(model, temperature=temperature, chunk_size=chunk_size),
                                  model, identity=spec)  # fmt: skip
     if needs_hidden and (len(teachers) > 1 or next(iter(teachers.values())).model is None):
-        raise UserError(f"--reward full_kl with {' '.join(t.flag for t in teachers.values())}: full_kl needs the "
-                        "teacher's whole distribution, which only one in-process teacher gives (expected a sampled-token "
-                        "reward such as power or log_ratio, or one --teacher that is a folder or hub id)")  # fmt: skip
+        what = "full_kl" if needs_hidden == "--reward full_kl" else f"the {needs_hidden.split()[-1]} baseline"
+        instead = "a sampled-token reward such as power or log_ratio" if what == "full_kl" else "no " + needs_hidden.split()[0]
+        raise UserError(f"{needs_hidden} with {' '.join(t.flag for t in teachers.values())}: {what} needs the "
+                        "teacher's whole distribution, which only one in-process teacher gives (expected "
+                        f"{instead}, or one --teacher that is a folder or hub id)")  # fmt: skip
     return teachers

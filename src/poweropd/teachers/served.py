@@ -71,6 +71,10 @@ class _Retryable(Exception):
     pass
 
 
+_ASKS = {"--temperature": "the rollouts are sampled at", "--teacher-temperature": "the teacher's log-probs are asked at"}
+"""How the check's message says what asks for a temperature other than 1, by the flag that set it."""
+
+
 class ServedScorer:
     """log π_T of every sampled token from a vLLM server (the ``Scorer`` protocol, log-probs only)."""
 
@@ -115,9 +119,9 @@ class ServedScorer:
         raise TeacherUnavailable(f"{self.what} {self.url}: no answer after {retries + 1} tries ({last})")
 
     # -- checks before the run ---------------------------------------------------------------------------------
-    def check(self, tokenizer, *, longest: int, temperature: float) -> None:
+    def check(self, tokenizer, *, longest: int, temperature: float, flag: str = "--temperature") -> None:
         """The server answers, tokenizes as ``tokenizer`` does, fits ``longest`` positions and, at a temperature
-        other than 1, applies it; else one line naming the URL and what was expected."""
+        other than 1 (set by ``flag``), applies it; else one line naming the URL and what was expected."""
         models = self._request("GET", f"{self.url}/models", retries=min(1, self.options.retries))
         try:
             card = models["data"][0]
@@ -141,8 +145,8 @@ class ServedScorer:
             if max(abs(a - b) for a, b in zip(at_one, at_t, strict=True)) < 1e-6:
                 raise UserError(
                     f"{self.what} {self.url}: the server returns prompt log-probs at temperature 1 whatever the "
-                    f"request asks (vLLM does), and the rollouts are sampled at --temperature {temperature}: "
-                    "expected --temperature 1 with a served teacher, or an in-process teacher (a folder or hub id)"
+                    f"request asks (vLLM does), and {_ASKS[flag]} {flag} {temperature}: expected {flag} 1 with a "
+                    "served teacher, or an in-process teacher (a folder or hub id)"
                 )
 
     # -- scoring -------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ Where we depart from the paper's code (EIT-NLP/PowerOPD, a fork of TRL's GOLD tr
   in the forward pass. ``losses.py`` chooses the fused op or the reference path; ``update.py`` runs it.
 - ``--alpha-schedule`` moves α geometrically from A0 to A1 over the run (not in the paper, which fixes α);
   ``--token-select entropy:K`` trains on the top K of each micro-batch's tokens by student entropy.
+- Later papers' signals as options (issue #26): ``--reward tv`` (TV-OPD: its strength is run-level state,
+  moved after each accepted step and saved in checkpoints), ``--reward-baseline kl`` (vOPD: the log ratio plus
+  the exact per-position KL, detached) and ``--teacher-temperature`` (the teacher's own temperature).
 - Data parallelism all-reduces gradients explicitly (sum of per-process ``Σ/N_global`` losses) instead
   of wrapping the student in DDP, because the forward pass calls the decoder body and the output layer
   separately. ``--fsdp`` shards the student and teacher with FSDP2 instead; its reduce-scatter sums the
@@ -66,7 +69,7 @@ from ..run.metrics import (
 )
 from ..teachers.served import TeacherUnavailable
 from . import fsdp, update
-from .setup import Setup, setup
+from .setup import Setup, setup, teacher_temperature
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -85,7 +88,7 @@ def train(
 
     s = setup(cfg, resume=resume, eval_problems=eval_problems)
     comm, placement, objective = s.comm, s.placement, s.objective
-    full_kl = objective.needs_teacher_hidden  # its loss computes the teacher's log-probs with the KL
+    whole = objective.needs_teacher_hidden  # full_kl, vOPD: the loss computes the teacher's log-probs with the KL
     bar = tqdm(range(s.start_step + 1, cfg.run.max_steps + 1), desc=f"train {cfg.reward.label}",
                disable=not (progress and s.accelerator.is_main_process))  # fmt: skip
     stop = StopOnSignal().install()
@@ -93,8 +96,8 @@ def train(
         for step in bar:
             t0 = time.perf_counter()
             torch.manual_seed(step_seed(cfg.run.seed, step, comm.rank))
-            if cfg.reward.alpha_end is not None:  # a scheduled α: the objective of this step's α
-                objective = make_objective(cfg.reward, run_fraction(cfg, step))
+            if cfg.reward.alpha_end is not None or s.strength is not None:  # this step's α, TV-OPD's strength
+                objective = make_objective(cfg.reward, run_fraction(cfg, step), s.strength)
 
             # 1. sample --------------------------------------------------------------------------------
             batch = s.order.indices(step, cfg.run.batch_size, comm.rank, comm.world_size)
@@ -109,7 +112,7 @@ def train(
 
             # 2. score (a served teacher that stopped answering ends the run here: nothing of the step trained)
             try:
-                teacher_scores = s.scorer.score(rollouts, keep_hidden=full_kl, logprobs=not full_kl)
+                teacher_scores = s.scorer.score(rollouts, keep_hidden=whole, logprobs=not whole)
             except TeacherUnavailable as err:
                 raise TeacherUnavailable(f"{err} at step {step}; last checkpoint {s.run_dir.latest_checkpoint()}; "
                                          "start the server again and continue with the same command and --resume") from None  # fmt: skip
@@ -127,9 +130,12 @@ def train(
                 torch.nn.utils.clip_grad_norm_(s.student.parameters(), cfg.optim.max_grad_norm)
             ).item()
             kill_point("update", step)
-            # a NaN/inf step leaves the weights and AdamW state alone; the schedule follows the step count
+            # a NaN/inf step leaves the weights, AdamW state and TV-OPD's strength alone; the schedule follows the step count
+            strength = {M.REWARD_STRENGTH: s.strength["scale"]} if s.strength is not None else {}
             if s.guard.check(result.loss, grad_norm):
                 s.optimizer.step()
+                if s.strength is not None:  # TV-OPD: the next step's strength, from this step's TV estimate
+                    s.strength, strength[M.REWARD_STRENGTH_STATISTIC] = update.advance_strength(cfg.reward, s.strength, result, comm)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
                 s.scheduler.step()
@@ -139,7 +145,7 @@ def train(
             # 5. log -----------------------------------------------------------------------------------
             times = {"sync": t_synced - t0, "sample": t_sample - t_synced, "score": t_score - t_sample,
                      "update": t_update - t_score, "step": t_update - t0}  # fmt: skip
-            metrics = log_step(s, step, result, rollouts, grad_norm=grad_norm, times=times)
+            metrics = log_step(s, step, result, rollouts, grad_norm=grad_norm, times=times, extra=strength)
             kill_point("logged", step)
             bar.set_postfix(loss=f"{result.loss:.3g}", reward=f"{metrics[M.REWARD_MEAN]:.3g}",
                             len=f"{metrics[M.RESPONSE_LENGTH_MEAN]:.0f}")  # fmt: skip
@@ -170,7 +176,7 @@ def run_fraction(cfg: TrainConfig, step: int) -> float:
 
 
 def log_step(s: Setup, step: int, result: UpdateResult, rollouts, *, grad_norm: float,
-             times: dict[str, float]) -> dict[str, float]:  # fmt: skip
+             times: dict[str, float], extra: dict[str, float]) -> dict[str, float]:  # fmt: skip
     """One row of metrics.jsonl (every process's tokens), positions.jsonl every K steps, evaluation every K
     steps; returns the row."""
     cfg, comm = s.cfg, s.comm
@@ -179,6 +185,8 @@ def log_step(s: Setup, step: int, result: UpdateResult, rollouts, *, grad_norm: 
         metrics.update(teacher_metrics(result, rollouts.teacher_B, list(s.teachers), comm))
     if cfg.reward.record is not None and "alpha" in cfg.reward.record.hparams:
         metrics[M.REWARD_ALPHA] = cfg.reward.hparams_at(run_fraction(cfg, step))["alpha"]
+    metrics.update(extra)
+    metrics[M.TEACHER_TEMPERATURE] = teacher_temperature(cfg)
     metrics.update({M.time_key(phase): times[phase] for phase in M.PHASES})
     metrics.update(
         {
@@ -201,6 +209,6 @@ def save_checkpoint(s: Setup, step: int) -> Path | None:
     """A checkpoint of ``step``: the student, AdamW and schedule, the data position, the guard, the teachers."""
     cfg = s.cfg
     state = {"epoch_samples": step * cfg.run.batch_size, "seed": cfg.run.seed, "teachers": s.identities,
-             **s.guard.state()}  # fmt: skip
+             **s.guard.state(), **({"reward_strength": s.strength} if s.strength is not None else {})}  # fmt: skip
     return s.run_dir.save_checkpoint(step, s.student, s.tokenizer, s.optimizer, s.scheduler, state,
                                      keep_last=cfg.run.keep_last, **s.placement.checkpoint_state(s.optimizer))  # fmt: skip

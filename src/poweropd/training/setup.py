@@ -62,6 +62,8 @@ class Setup:
     evaluator: Callable | None
     start_step: int
     micro_batch_size: int
+    strength: dict[str, float | None] | None = None
+    """The reward's run-level strength state (TV-OPD), None for a reward without one; saved in checkpoints."""
 
     @property
     def comm(self):
@@ -128,9 +130,11 @@ def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None 
     teacher_device = (
         check_device(cfg.model.teacher_device, "--teacher-device") if cfg.model.teacher_device else device
     )
+    needs_hidden = f"--reward-baseline {cfg.reward.baseline}" if cfg.reward.baseline else f"--reward {cfg.reward.name}"
     teachers = load_teachers(cfg.model, tokenizer, longest=longest, device=teacher_device,
-                             temperature=cfg.rollout.temperature, chunk_size=cfg.run.chunk_size,
-                             needs_hidden=objective.needs_teacher_hidden)  # fmt: skip
+                             temperature=teacher_temperature(cfg), chunk_size=cfg.run.chunk_size,
+                             needs_hidden=needs_hidden if objective.needs_teacher_hidden else None,
+                             temperature_flag="--teacher-temperature" if cfg.model.teacher_temperature else "--temperature")  # fmt: skip
     if checkpoint is not None:
         check_same_teachers(checkpoint, {n: t.identity for n, t in teachers.items()}, cfg.model.teacher_specs)
     if resolve_engine(cfg.rollout.engine, student) == "vllm":  # before anything is written
@@ -157,6 +161,11 @@ def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None 
     if checkpoint is not None:
         state = load_training_state(checkpoint, optimizer, scheduler, placement.load_optimizer_state())
         start_step = state["step"]
+    record = cfg.reward.record
+    strength = None
+    if record is not None and record.strength is not None:  # TV-OPD's strength goes on where the checkpoint left it
+        strength = dict(state.get("reward_strength", record.strength.initial))
+        objective = make_objective(cfg.reward, 0.0, strength)
     run_dir.start(cfg, start_step)
     guard = NonFiniteGuard(cfg.run.max_skipped_steps, state.get("skipped_steps", 0),
                            state.get("consecutive_skipped_steps", 0))  # fmt: skip
@@ -176,8 +185,13 @@ def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None 
     return Setup(
         cfg, accelerator, run_dir, tokenizer, prompt_ids, route, DataOrder(len(prompt_ids), cfg.run.seed), student,
         placement, teachers, scorer, objective, optimizer, scheduler, guard, sampler, evaluator, start_step,
-        micro_batch_size=min(cfg.run.micro_batch_size or per_process_batch, per_process_batch),
+        micro_batch_size=min(cfg.run.micro_batch_size or per_process_batch, per_process_batch), strength=strength,
     )  # fmt: skip
+
+
+def teacher_temperature(cfg: TrainConfig) -> float:
+    """The temperature of the teacher's log-probs: --teacher-temperature, else the rollout's."""
+    return cfg.model.teacher_temperature if cfg.model.teacher_temperature is not None else cfg.rollout.temperature
 
 
 def _load_student(

@@ -142,3 +142,17 @@ def warmup_then_constant(warmup_steps: int) -> Callable[[int], float]:
     """The learning-rate factor: linear warmup from 1/warmup at the first step (not from 0, which would waste a
     step), then constant."""
     return lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def advance_strength(reward_cfg, state: dict, result: UpdateResult, comm: Collective) -> tuple[dict, float]:
+    """A reward's run-level strength after an accepted step (TV-OPD), and the step's statistic: pooled over every
+    valid token of every process (Σ values / Σ tokens: token pooling, not a mean of micro-batch or process means).
+    A step without valid tokens leaves the state as it was (TV-OPD appendix B.7: a zero would bias the EMA)."""
+    strength = reward_cfg.record.strength
+    teacher_logp_BT = result.student_logp_BT.float() + result.log_ratio_BT
+    values_BT = strength.statistic(teacher_logp_BT, result.student_logp_BT, result.mask_BT)
+    total, count = comm.sum(torch.stack([values_BT.sum(), result.mask_BT.sum()]).double()).tolist()
+    if count == 0:
+        return state, float("nan")
+    statistic = total / count
+    return strength.update(state, statistic, **reward_cfg.strength_hparams), statistic
