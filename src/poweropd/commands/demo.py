@@ -28,10 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the paper's α sweep (0.1 … 500) and every baseline, 3 seeds (results: docs/demo_full/)",
     )
     a("--methods", metavar="LIST", help="comma-separated method ids, e.g. log_ratio,power@10,full_kl")
-    a("--seeds", type=int, metavar="K", help="runs per method; results are mean ± std (default 3)")
-    a("--steps", type=int, metavar="N", help="optimizer steps per run (default 80; --quick 60)")
-    a("--lr", type=float, metavar="LR", help="OPD learning rate of every run (default 3e-4)")
-    a("--batch-size", type=int, metavar="B", help="rollouts per OPD step (default 32)")
+    for name in ("seeds", "steps", "lr", "batch_size"):  # help and default from DemoConfig's fields
+        add_field(parser, DemoConfig, name)
     a("--output-dir", default="demo", metavar="DIR", help="where results go (default ./demo)")
     a(
         "--retrain-task-models",
