@@ -274,7 +274,7 @@ def sample_and_score(
     """
     from .data import encode_prompts
     from .models.hf import output_layer, sampled_logprobs, stop_token_ids
-    from .objectives.losses import chunked_reverse_kl
+    from .objectives.losses import reverse_kl_without_grad
     from .rollout.engines import make_sampler
     from .rollout.samplers import SamplingConfig
     from .teachers.scorers import HFScorer
@@ -313,8 +313,8 @@ def sample_and_score(
         teacher_logp_BT = scores.logp_BT
         r = rollouts.to(student_device)
         student_logp_BT, hidden_BTH = sampled_logprobs(student, r)
-        kl_BT, _, _ = chunked_reverse_kl(output_layer(student), scores.head, hidden_BTH, scores.hidden_at(1.0),
-                                         r.response_ids_BT, vocab_size=len(tokenizer))  # fmt: skip
+        kl_BT, _, _ = reverse_kl_without_grad(output_layer(student), scores.head, hidden_BTH, scores.hidden_at(1.0),
+                                              r.response_ids_BT, vocab_size=len(tokenizer))  # fmt: skip
         parts["kl"].append(kl_BT.float().cpu())
         parts["ids"].append(rollouts.response_ids_BT.cpu())
         parts["mask"].append(rollouts.loss_mask().cpu())

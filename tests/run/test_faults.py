@@ -31,15 +31,6 @@ def _run(argv, env=None, timeout=300):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-
-
-
-
-
-
-
-
-
 STEPS = 6
 
 

@@ -14,9 +14,6 @@ from conftest import accelerate_launch
 WORKER = Path(__file__).parent / "_dist_worker.py"
 
 
-
-
-
 @pytest.mark.slow
 def test_gradient_split_over_two_processes_equals_single_process(tmp_path):
     out = tmp_path / "report.json"

@@ -117,6 +117,16 @@ def chunked_reverse_kl(
     return tuple(torch.cat(parts).view(B, T) for parts in (kls, logps, teacher_logps))
 
 
+@torch.no_grad()
+def reverse_kl_without_grad(student_output_layer: OutputLayer, teacher_output_layer: OutputLayer,
+                            student_hidden_BTH: Tensor, teacher_hidden_BTH: Tensor, tokens_BT: Tensor, **kwargs):  # fmt: skip
+    """``chunked_reverse_kl``'s (kl_BT, student_logp_BT, teacher_logp_BT) without a gradient: the in-place pass
+    of ``fused.reverse_kl_values`` for bias-free linear output layers, the chunked reference otherwise."""
+    plain = is_plain_linear(student_output_layer) and is_plain_linear(teacher_output_layer)
+    kl = reverse_kl_values if plain else chunked_reverse_kl
+    return kl(student_output_layer, teacher_output_layer, student_hidden_BTH, teacher_hidden_BTH, tokens_BT, **kwargs)
+
+
 def full_kl_loss(
     kl_BT: Tensor, mask_BT: Tensor, *, num_tokens: int | float
 ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -260,12 +270,11 @@ class SampledTokenObjective:
         teacher = mb.teacher
         if teacher.hidden_BTH is None or teacher.head is None:
             raise ValueError(f"{self.name}+{self.baseline}: needs the teacher's hidden states and output layer")
+        kl_BT, student_logp_BT, teacher_logp_BT = reverse_kl_without_grad(
+            mb.head, teacher.head, mb.hidden_BTH.detach(), teacher.hidden_at(mb.temperature), mb.tokens_BT,
+            vocab_size=mb.vocab_size, temperature=mb.temperature, chunk_size=mb.chunk_size,
+        )  # fmt: skip
         with torch.no_grad():
-            whole_kl = reverse_kl_values if is_plain_linear(mb.head) and is_plain_linear(teacher.head) else chunked_reverse_kl
-            kl_BT, student_logp_BT, teacher_logp_BT = whole_kl(
-                mb.head, teacher.head, mb.hidden_BTH.detach(), teacher.hidden_at(mb.temperature), mb.tokens_BT,
-                vocab_size=mb.vocab_size, temperature=mb.temperature, chunk_size=mb.chunk_size,
-            )  # fmt: skip
             reward_BT = vopd_rewards(self.reward_fn, teacher_logp_BT, student_logp_BT, kl_BT, mb.mask_BT)
         if is_plain_linear(mb.head):
             loss, metrics = fused_policy_gradient_loss(
@@ -357,6 +366,7 @@ __all__ = [
     "Objective",
     "SampledTokenObjective",
     "chunked_reverse_kl",
+    "reverse_kl_without_grad",
     "full_kl_loss",
     "fused_policy_gradient_loss",
     "fused_reverse_kl_loss",

@@ -164,8 +164,7 @@ def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None 
     record = cfg.reward.record
     strength = None
     if record is not None and record.strength is not None:  # TV-OPD's strength goes on where the checkpoint left it
-        strength = dict(state.get("reward_strength", record.strength.initial))
-        objective = make_objective(cfg.reward, 0.0, strength)
+        strength = dict(state.get("reward_strength", record.strength.initial))  # the loop binds it every step
     run_dir.start(cfg, start_step)
     guard = NonFiniteGuard(cfg.run.max_skipped_steps, state.get("skipped_steps", 0),
                            state.get("consecutive_skipped_steps", 0))  # fmt: skip
