@@ -14,7 +14,8 @@ samples and their health (``eval.distance``). The criterion was fixed before any
 
 Stages, each skipped when its file is already there (the study resumes where it stopped, across days):
 
-1. the pruned student (in $POWEROPD_CACHE);
+1. the pruned student (in $POWEROPD_CACHE), and ``candidates.json``: every candidate student of ``CANDIDATES``
+   measured before training, with the rule that picks the pair (``choose``);
 2. ``initial.json``: the initial student and the teacher on the held-out prompts, and every reward on the initial
    student's own samples (the paper's C1/C2);
 3. the learning rate: ``full_kl``, seed 0, at each rate of ``lr_grid``; the lowest validation KL wins (a choice
@@ -137,7 +138,8 @@ def make_student(out: Path) -> str:
 
     if not out.is_dir():
         keep = ",".join(str(i) for i in range(30) if i not in DROPPED_LAYERS)
-        poweropd(["prune", "--model", TEACHER, "--keep-layers", keep, "--output-dir", str(out)])
+        if poweropd(["prune", "--model", TEACHER, "--keep-layers", keep, "--output-dir", str(out)]) != 0:
+            raise SystemExit(2)  # poweropd printed the one-line reason
     return str(out)
 
 
@@ -258,9 +260,8 @@ def _in_worker(job, target: Path, *args):
 def run_study(study: Study, out: Path, data_dir: Path, workers: int, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    os.environ["OMP_NUM_THREADS"] = str(
-        max(1, 2 // workers) if workers <= 2 else 1
-    )  # before any torch import
+    threads = max(1, (os.cpu_count() or 2) // workers)  # the runs side by side share the cores
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers, before they import torch
     make_student(student_dir())
     context = multiprocessing.get_context("spawn")
 

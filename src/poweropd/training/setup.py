@@ -182,10 +182,10 @@ def setup(cfg: TrainConfig, *, resume: bool = False, eval_problems: dict | None 
     )
     sampler = make_sampler(cfg.rollout.engine, placement.sampler_model(), tokenizer.pad_token_id, sampling,
                            dtype=placement.sampler_dtype, vllm=cfg.rollout.vllm)  # fmt: skip
-    if evaluator is None and cfg.eval.every:
-        evaluator = make_evaluator(cfg, tokenizer, eval_problems)  # shares the engine
     if not cfg.eval.every:
         evaluator = None
+    elif evaluator is None:
+        evaluator = make_evaluator(cfg, tokenizer, eval_problems)  # shares the engine
     return Setup(
         cfg, accelerator, run_dir, tokenizer, prompt_ids, route, DataOrder(len(prompt_ids), cfg.run.seed), student,
         placement, teachers, scorer, objective, optimizer, scheduler, guard, sampler, evaluator, start_step,
