@@ -458,12 +458,8 @@ def figures(results: dict, out: Path) -> list[str]:
     return [str(Path(p).relative_to(out)) for p in paths]
 
 
-def _pm(row: dict, key: str, spec: str = ".3f") -> str:
-    return f"{row[key]:{spec}} ± {row[f'{key}_std']:{spec}}" if row["seeds"] > 1 else f"{row[key]:{spec}}"
-
-
 def report(results: dict) -> str:
-    from poweropd.demo.report import _fmt_effect, paired
+    from poweropd.demo.report import _fmt_effect, _pm, paired
 
     study, crit, init, teacher = (
         results["study"],

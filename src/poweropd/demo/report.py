@@ -45,7 +45,7 @@ def score(results: dict) -> dict:
     return results.get("score") or {"key": ACC, "label": f"test Avg@{results['config']['n']}"}
 
 
-def _accuracy_difference(results: dict, m: str, other: dict) -> tuple[float, float | None]:
+def _score_difference(results: dict, m: str, other: dict) -> tuple[float, float | None]:
     """Paired difference of the score (test Avg@8) between method ``m`` and ``other`` (a method row or a fixed
     row); with one seed the error is binomial for Avg@8, None for another score."""
     key = score(results)["key"]
@@ -141,11 +141,11 @@ def claims(results: dict) -> dict:
     if best:
         parts, verdicts = [], []
         for b in [x for x in BASELINES if x in methods]:
-            effect, se = _accuracy_difference(results, best, methods[b])
+            effect, se = _score_difference(results, best, methods[b])
             verdicts.append(_verdict(effect, se))
             parts.append(f"vs {b} {_fmt_effect(effect, se)}")
         if "full_kl" in methods:
-            effect, se = _accuracy_difference(results, best, methods["full_kl"])
+            effect, se = _score_difference(results, best, methods["full_kl"])
             # "matches or beats": not below full KL by more than 2 SE
             verdicts.append("inconclusive" if se is None else "does not hold" if effect < -2 * se else "holds")
             parts.append(f"vs full_kl {_fmt_effect(effect, se)}")
@@ -288,7 +288,7 @@ def results_table(results: dict) -> str:
                      "| – | – | – | – | – |")  # fmt: skip
     init = results["student_init"]
     for method, r in results["methods"].items():
-        effect, se = _accuracy_difference(results, method, init)
+        effect, se = _score_difference(results, method, init)
         lines.append(
             f"| {method} | {_pm(r, ACC)} | {_pm(r, 'pass@n')} | {_pm(r, 'mean_length', '.1f')} | "
             f"{_fmt_effect(effect, se)} | {_pm(r, 'grad_norm_max', '.3g')} | {r['reward_min']:.3g} | "
